@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * config.h — runtime settings, set from Go with spec.Variables[...].Set
+ * before load (no recompilation). Addresses and ports in network order,
+ * except the SNAT range bounds, which are host order.
+ */
+#ifndef XLB_CONFIG_H
+#define XLB_CONFIG_H
+
+#include <linux/types.h>
+
+volatile const __be32 cfg_vip = 0;		/* the virtual IP */
+volatile const __be16 cfg_port_rw = 0;		/* read/write port (3000) */
+volatile const __be16 cfg_port_ro = 0;		/* read-only port (3001) */
+volatile const __be32 cfg_snat_addr = 0;	/* this LB node's own address */
+volatile const __u16 cfg_snat_port_min = 0;	/* SNAT range, inclusive */
+volatile const __u16 cfg_snat_port_max = 0;
+/* A closed flow's SNAT port is reused after this long. */
+volatile const __u64 cfg_closed_timeout_ns = 60ULL * 1000000000ULL;
+/* An idle, unclosed flow's SNAT port is reused after this long. */
+volatile const __u64 cfg_idle_timeout_ns = 24ULL * 3600 * 1000000000ULL;
+
+#endif /* XLB_CONFIG_H */

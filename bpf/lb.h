@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lb.h — service lookup: which service a port is, which backend a flow gets.
+ *
+ * Backends are chosen with Maglev hashing (Eisenbud et al., NSDI 2016):
+ * user space fills a prime-sized table per service with backend ids, each
+ * backend getting an even share, and a flow's tuple hash indexes it. Maglev
+ * rather than a hash ring because the lookup is one array read (no search),
+ * shares stay within about 1 % of even, and when a backend leaves only its
+ * slots change owner (plus a tiny fraction), so other flows keep their
+ * backend even without conntrack. Established flows never consult it.
+ */
+#ifndef XLB_LB_H
+#define XLB_LB_H
+
+#include "config.h"
+#include "maps.h"
+
+/* svc_of_port returns the service a destination port names, or -1. */
+static __always_inline int svc_of_port(__be16 dport)
+{
+	if (dport == cfg_port_rw)
+		return XLB_SVC_RW;
+	if (dport == cfg_port_ro)
+		return XLB_SVC_RO;
+	return -1;
+}
+
+/* maglev_pick returns the backend id for a flow hash, 0 when none. */
+static __always_inline __u32 maglev_pick(__u32 svc, __u32 hash)
+{
+	__u32 slot = svc * MAGLEV_SIZE + hash % MAGLEV_SIZE;
+	__u32 *id = bpf_map_lookup_elem(&maglev_map, &slot);
+
+	return id ? *id : 0;
+}
+
+/* backend_alive returns backend id when it exists and is alive, else NULL. */
+static __always_inline struct xlb_backend *backend_alive(__u32 id)
+{
+	struct xlb_backend *be;
+
+	if (id == 0 || id >= MAX_BACKENDS)
+		return 0;
+	be = bpf_map_lookup_elem(&backend_map, &id);
+	if (!be || !(be->flags & XLB_BACKEND_ALIVE))
+		return 0;
+	return be;
+}
+
+#endif /* XLB_LB_H */

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * maps.h — the BPF maps of the datapath and their sizes.
+ *
+ * Every map is pinned by name under the loader's pin path, so a restarted
+ * daemon re-opens the same flows, backends and counters.
+ */
+#ifndef XLB_MAPS_H
+#define XLB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "structs.h"
+
+/* MAX_FLOWS bounds conntrack: two entries (one per direction) a flow. */
+#ifndef MAX_FLOWS
+#define MAX_FLOWS (1 << 18)
+#endif
+
+/* MAX_BACKENDS bounds backend ids; id 0 means "no backend". */
+#ifndef MAX_BACKENDS
+#define MAX_BACKENDS 64
+#endif
+
+/* MAGLEV_SIZE is the Maglev lookup table size per service, a prime much
+ * larger than MAX_BACKENDS so each backend's share is within 1 %. */
+#ifndef MAGLEV_SIZE
+#define MAGLEV_SIZE 65537
+#endif
+
+#define STATS_SLOTS (XLB_STATS_BACKEND + MAX_BACKENDS)
+
+/* flow_map is conntrack: xlb_flow_key as received -> how to rewrite it.
+ * A flow has a forward entry (client -> VIP) and a reverse entry
+ * (backend -> lb SNAT port); the reverse key is the SNAT port's owner. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct xlb_flow_key);
+	__type(value, struct xlb_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flow_map SEC(".maps");
+
+/* backend_map holds the backends by id: address, port and flags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct xlb_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backend_map SEC(".maps");
+
+/* maglev_map is each service's Maglev table: slot svc * MAGLEV_SIZE + h
+ * holds a backend id (0: the service has no backend). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_SVC__MAX * MAGLEV_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} maglev_map SEC(".maps");
+
+/* stats_map holds per-CPU counters, laid out by enum xlb_stats_slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STATS_SLOTS);
+	__type(key, enum xlb_stats_slot);	/* XLB_STATS_BACKEND + id for backends */
+	__type(value, struct xlb_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats_map SEC(".maps");
+
+#endif /* XLB_MAPS_H */

@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * stats.h — per-CPU counters: global, per service, per backend.
+ */
+#ifndef XLB_STATS_H
+#define XLB_STATS_H
+
+#include "maps.h"
+
+static __always_inline struct xlb_counters *counters(__u32 slot)
+{
+	return bpf_map_lookup_elem(&stats_map, &slot);
+}
+
+static __always_inline __u32 svc_slot(__u32 svc)
+{
+	return XLB_STATS_SERVICE + svc;
+}
+
+static __always_inline __u32 backend_slot(__u32 id)
+{
+	return XLB_STATS_BACKEND + id;
+}
+
+/* drop counts a drop by reason in slot and returns XDP_DROP. Drops are the
+ * slow path, so it is a real function (which also puts enum xlb_drop in BTF
+ * for bpf2go). */
+static __noinline int drop(__u32 slot, enum xlb_drop reason)
+{
+	struct xlb_counters *c = counters(slot);
+
+	if (c && reason < XLB_DROP__MAX)
+		c->drops[reason]++;
+	return XDP_DROP;
+}
+
+/* count_fwd counts a forwarded packet of len bytes for a service and a backend. */
+static __always_inline void count_fwd(__u32 svc, __u32 backend, __u64 len)
+{
+	struct xlb_counters *c = counters(svc_slot(svc));
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+	c = counters(backend_slot(backend));
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+#endif /* XLB_STATS_H */

@@ -1,0 +1,209 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/cilium/ebpf"
+)
+
+// Backend is a backend the datapath knows: its address, whether its flows
+// are forwarded, and the services whose tables hold it.
+type Backend struct {
+	Addr     netip.AddrPort
+	ID       uint32
+	Alive    bool
+	Services []Service
+}
+
+// restore rebuilds the backend ids and pools from (possibly pinned) maps.
+func (d *Datapath) restore() error {
+	n := d.objs.BackendMap.MaxEntries()
+	for id := uint32(1); id < n; id++ {
+		var be xlbXlbBackend
+		if err := d.objs.BackendMap.Lookup(id, &be); err != nil {
+			return fmt.Errorf("reading backend %d: %w", id, err)
+		}
+		if be.Addr != 0 {
+			d.ids[netip.AddrPortFrom(addrOf(be.Addr), portOf(be.Port))] = id
+		}
+	}
+	byID := make(map[uint32]netip.AddrPort, len(d.ids))
+	for b, id := range d.ids {
+		byID[id] = b
+	}
+	tables, err := d.readTables()
+	if err != nil {
+		return err
+	}
+	for _, svc := range Services {
+		table := tables[uint32(svc)*maglevSize : (uint32(svc)+1)*maglevSize]
+		seen := map[uint32]bool{}
+		for _, id := range table {
+			if id != 0 && !seen[id] {
+				seen[id] = true
+				if b, ok := byID[id]; ok {
+					d.pools[svc] = append(d.pools[svc], b)
+				}
+			}
+		}
+		slices.SortFunc(d.pools[svc], func(a, b netip.AddrPort) int { return a.Compare(b) })
+	}
+	return nil
+}
+
+// readTables reads every service's Maglev table.
+func (d *Datapath) readTables() ([]uint32, error) {
+	all := make([]uint32, d.objs.MaglevMap.MaxEntries())
+	keys := make([]uint32, len(all))
+	var cursor ebpf.MapBatchCursor
+	if _, err := d.objs.MaglevMap.BatchLookup(&cursor, keys, all, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, fmt.Errorf("reading maglev tables: %w", err)
+	}
+	return all, nil
+}
+
+// SetBackends makes backends the pool of svc: new flows of svc are spread
+// over them by Maglev. Backends that leave the pool keep their existing flows
+// (a drain); use RemoveBackend to cut them. An empty list leaves svc without
+// backends: its SYNs get a RST. It returns an error wrapping
+// ErrTooManyBackends when no backend id is free.
+func (d *Datapath) SetBackends(svc Service, backends []netip.AddrPort) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	set := make(map[netip.AddrPort]uint32, len(backends))
+	for _, b := range backends {
+		if !b.Addr().Is4() {
+			return fmt.Errorf("backend %v: need an IPv4 address", b)
+		}
+		id, err := d.ensureID(b)
+		if err != nil {
+			return err
+		}
+		set[b] = id
+	}
+	if err := d.writeTable(svc, maglevTable(set, maglevSize)); err != nil {
+		return err
+	}
+	pool := make([]netip.AddrPort, 0, len(set))
+	for b := range set {
+		pool = append(pool, b)
+	}
+	slices.SortFunc(pool, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	d.pools[svc] = pool
+	return nil
+}
+
+// RemoveBackend takes b out of every pool, makes the datapath answer its
+// flows' next packets with a RST, deletes its flows and frees its id. It
+// returns how many conntrack entries it deleted, or ErrUnknownBackend.
+func (d *Datapath) RemoveBackend(b netip.AddrPort) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id, ok := d.ids[b]
+	if !ok {
+		return 0, fmt.Errorf("removing %v: %w", b, ErrUnknownBackend)
+	}
+	// Not alive first: from here on XDP resets its flows even before the
+	// flush below reaches them.
+	dead := xlbXlbBackend{Addr: wire32(b.Addr()), Port: wire16(b.Port())}
+	if err := d.objs.BackendMap.Put(id, &dead); err != nil {
+		return 0, fmt.Errorf("marking %v dead: %w", b, err)
+	}
+	for svc, pool := range d.pools {
+		if i := slices.Index(pool, b); i >= 0 {
+			pool = slices.Delete(slices.Clone(pool), i, i+1)
+			set := make(map[netip.AddrPort]uint32, len(pool))
+			for _, p := range pool {
+				set[p] = d.ids[p]
+			}
+			if err := d.writeTable(svc, maglevTable(set, maglevSize)); err != nil {
+				return 0, err
+			}
+			d.pools[svc] = pool
+		}
+	}
+	n, err := d.flushWhere(func(f *xlbXlbFlow) bool { return f.Backend == id })
+	if err != nil {
+		return n, err
+	}
+	if err := d.objs.BackendMap.Put(id, &xlbXlbBackend{}); err != nil {
+		return n, fmt.Errorf("freeing id of %v: %w", b, err)
+	}
+	delete(d.ids, b)
+	return n, nil
+}
+
+// Backends lists the backends the datapath knows, ordered by address.
+func (d *Datapath) Backends() ([]Backend, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Backend, 0, len(d.ids))
+	for b, id := range d.ids {
+		var be xlbXlbBackend
+		if err := d.objs.BackendMap.Lookup(id, &be); err != nil {
+			return nil, fmt.Errorf("reading backend %v: %w", b, err)
+		}
+		x := Backend{Addr: b, ID: id, Alive: be.Flags&xlbXlbBackendFlagsXLB_BACKEND_ALIVE != 0}
+		for _, svc := range Services {
+			if slices.Contains(d.pools[svc], b) {
+				x.Services = append(x.Services, svc)
+			}
+		}
+		out = append(out, x)
+	}
+	slices.SortFunc(out, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
+	return out, nil
+}
+
+// Pool returns the backends of svc as last set.
+func (d *Datapath) Pool(svc Service) []netip.AddrPort {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.pools[svc])
+}
+
+// ensureID returns b's id, giving it a free one (alive, counters zeroed)
+// when it has none.
+func (d *Datapath) ensureID(b netip.AddrPort) (uint32, error) {
+	alive := xlbXlbBackend{Addr: wire32(b.Addr()), Port: wire16(b.Port()), Flags: xlbXlbBackendFlagsXLB_BACKEND_ALIVE}
+	if id, ok := d.ids[b]; ok {
+		// Re-arm a backend that an earlier run marked dead.
+		if err := d.objs.BackendMap.Put(id, &alive); err != nil {
+			return 0, fmt.Errorf("updating backend %v: %w", b, err)
+		}
+		return id, nil
+	}
+	used := make(map[uint32]bool, len(d.ids))
+	for _, id := range d.ids {
+		used[id] = true
+	}
+	for id := uint32(1); id < d.objs.BackendMap.MaxEntries(); id++ {
+		if used[id] {
+			continue
+		}
+		if err := d.zeroCounters(backendSlot(id)); err != nil {
+			return 0, err
+		}
+		if err := d.objs.BackendMap.Put(id, &alive); err != nil {
+			return 0, fmt.Errorf("adding backend %v: %w", b, err)
+		}
+		d.ids[b] = id
+		return id, nil
+	}
+	return 0, fmt.Errorf("adding backend %v: %w", b, ErrTooManyBackends)
+}
+
+func (d *Datapath) writeTable(svc Service, table []uint32) error {
+	keys := make([]uint32, len(table))
+	base := uint32(svc) * maglevSize
+	for i := range keys {
+		keys[i] = base + uint32(i)
+	}
+	if _, err := d.objs.MaglevMap.BatchUpdate(keys, table, nil); err != nil {
+		return fmt.Errorf("writing maglev table of %v: %w", svc, err)
+	}
+	return nil
+}

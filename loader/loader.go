@@ -1,0 +1,299 @@
+package loader
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// DefaultPinPath is where the daemon pins its maps and links.
+const DefaultPinPath = "/sys/fs/bpf/xlb"
+
+// Service names a VIP port: RW (the primary) or RO (the replicas).
+type Service uint8
+
+const (
+	RW Service = Service(xlbXlbServiceXLB_SVC_RW)
+	RO Service = Service(xlbXlbServiceXLB_SVC_RO)
+)
+
+// Services lists every service.
+var Services = []Service{RW, RO}
+
+func (s Service) String() string {
+	switch s {
+	case RW:
+		return "rw"
+	case RO:
+		return "ro"
+	}
+	return "svc" + strconv.Itoa(int(s))
+}
+
+// Sentinel errors.
+var (
+	// ErrSNATOverlap means the SNAT port range overlaps the host's
+	// ephemeral ports (net.ipv4.ip_local_port_range).
+	ErrSNATOverlap = errors.New("snat port range overlaps ip_local_port_range")
+	// ErrTooManyBackends means every backend id is in use.
+	ErrTooManyBackends = errors.New("too many backends")
+	// ErrUnknownBackend means the backend was never given to the datapath.
+	ErrUnknownBackend = errors.New("unknown backend")
+)
+
+// PortRange is an inclusive range of ports.
+type PortRange struct {
+	Min, Max uint16
+}
+
+// Config holds the datapath's runtime settings, written into the program
+// before load.
+type Config struct {
+	VIP      netip.Addr // the virtual IP clients connect to
+	PortRW   uint16     // read/write service port, default 3000
+	PortRO   uint16     // read-only service port, default 3001
+	SNATAddr netip.Addr // this node's own address, source of backend connections
+	SNATPorts PortRange // SNAT source ports; must not overlap ip_local_port_range
+	// PinPath is the bpffs directory for maps and links; empty disables
+	// pinning (each Load gets fresh maps).
+	PinPath string
+	// ClosedTimeout is how long a closed flow keeps its SNAT port; default 60 s.
+	ClosedTimeout time.Duration
+	// IdleTimeout is how long an idle flow keeps its SNAT port against a new
+	// flow that needs it; default 24 h.
+	IdleTimeout time.Duration
+	// SkipPortCheck skips the ip_local_port_range check (for Program.Run tests
+	// that never open sockets).
+	SkipPortCheck bool
+}
+
+func (c *Config) setDefaults() {
+	if c.PortRW == 0 {
+		c.PortRW = 3000
+	}
+	if c.PortRO == 0 {
+		c.PortRO = 3001
+	}
+	if c.SNATPorts == (PortRange{}) {
+		c.SNATPorts = PortRange{20000, 29999}
+	}
+	if c.ClosedTimeout == 0 {
+		c.ClosedTimeout = 60 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 24 * time.Hour
+	}
+}
+
+func (c *Config) validate() error {
+	if !c.VIP.Is4() {
+		return fmt.Errorf("vip %v: need an IPv4 address", c.VIP)
+	}
+	if !c.SNATAddr.Is4() {
+		return fmt.Errorf("snat address %v: need an IPv4 address", c.SNATAddr)
+	}
+	if c.VIP == c.SNATAddr {
+		return fmt.Errorf("snat address %v: must differ from the vip", c.SNATAddr)
+	}
+	if c.PortRW == c.PortRO {
+		return fmt.Errorf("ports: rw and ro are both %d", c.PortRW)
+	}
+	if c.SNATPorts.Min == 0 || c.SNATPorts.Min > c.SNATPorts.Max {
+		return fmt.Errorf("snat ports %d-%d: not a range", c.SNATPorts.Min, c.SNATPorts.Max)
+	}
+	return nil
+}
+
+// Datapath is the loaded XDP program and its maps.
+type Datapath struct {
+	cfg  Config
+	objs xlbObjects
+
+	mu    sync.Mutex
+	ids   map[netip.AddrPort]uint32  // backend -> id
+	pools map[Service][]netip.AddrPort // last SetBackends per service
+	links map[string]link.Link        // attached interfaces
+}
+
+// Load loads the datapath with cfg. With cfg.PinPath it mounts bpffs when
+// needed and re-opens maps pinned by an earlier run. It returns an error
+// wrapping ErrSNATOverlap when the SNAT range meets the host's ephemeral ports.
+func Load(cfg Config) (*Datapath, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if !cfg.SkipPortCheck {
+		if err := CheckSNATRange(cfg.SNATPorts); err != nil {
+			return nil, err
+		}
+	}
+	spec, err := loadXlb()
+	if err != nil {
+		return nil, fmt.Errorf("loading spec: %w", err)
+	}
+	vars := []struct {
+		name string
+		val  any
+	}{
+		{xlbVarCfgVip, cfg.VIP.As4()},
+		{xlbVarCfgPortRw, be16(cfg.PortRW)},
+		{xlbVarCfgPortRo, be16(cfg.PortRO)},
+		{xlbVarCfgSnatAddr, cfg.SNATAddr.As4()},
+		{xlbVarCfgSnatPortMin, cfg.SNATPorts.Min},
+		{xlbVarCfgSnatPortMax, cfg.SNATPorts.Max},
+		{xlbVarCfgClosedTimeoutNs, uint64(cfg.ClosedTimeout.Nanoseconds())},
+		{xlbVarCfgIdleTimeoutNs, uint64(cfg.IdleTimeout.Nanoseconds())},
+	}
+	for _, v := range vars {
+		if err := spec.Variables[v.name].Set(v.val); err != nil {
+			return nil, fmt.Errorf("setting %s: %w", v.name, err)
+		}
+	}
+	var opts ebpf.CollectionOptions
+	if cfg.PinPath != "" {
+		if err := ensurePinPath(cfg.PinPath); err != nil {
+			return nil, err
+		}
+		opts.Maps.PinPath = cfg.PinPath
+	} else {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	d := &Datapath{
+		cfg:   cfg,
+		ids:   make(map[netip.AddrPort]uint32),
+		pools: make(map[Service][]netip.AddrPort),
+		links: make(map[string]link.Link),
+	}
+	if err := spec.LoadAndAssign(&d.objs, &opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading datapath: %+v", ve)
+		}
+		return nil, fmt.Errorf("loading datapath: %w", err)
+	}
+	if err := d.restore(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Config returns the settings the datapath was loaded with, defaults filled in.
+func (d *Datapath) Config() Config { return d.cfg }
+
+// Program returns the XDP program, for Program.Run and benchmarks.
+func (d *Datapath) Program() *ebpf.Program { return d.objs.XlbXdp }
+
+// Close closes the program and maps and any link not pinned. Pinned maps
+// and links stay in bpffs, so traffic keeps flowing; see Unpin.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, l := range d.links {
+		errs = append(errs, l.Close())
+	}
+	d.links = map[string]link.Link{}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Unpin removes the pinned maps and links, so the datapath goes away with
+// the last open handle: Close after Unpin detaches.
+func (d *Datapath) Unpin() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg.PinPath == "" {
+		return nil
+	}
+	var errs []error
+	for _, l := range d.links {
+		if err := l.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, m := range []*ebpf.Map{d.objs.FlowMap, d.objs.BackendMap, d.objs.MaglevMap, d.objs.StatsMap} {
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CheckSNATRange returns an error wrapping ErrSNATOverlap when r meets the
+// calling network namespace's ip_local_port_range.
+func CheckSNATRange(r PortRange) error {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return fmt.Errorf("reading ip_local_port_range: %w", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return fmt.Errorf("parsing ip_local_port_range %q", b)
+	}
+	lo, err1 := strconv.Atoi(f[0])
+	hi, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("parsing ip_local_port_range %q", b)
+	}
+	if int(r.Min) <= hi && int(r.Max) >= lo {
+		return fmt.Errorf("%w: snat %d-%d, ephemeral %d-%d", ErrSNATOverlap, r.Min, r.Max, lo, hi)
+	}
+	return nil
+}
+
+func ensurePinPath(dir string) error {
+	if strings.HasPrefix(filepath.Clean(dir)+"/", "/sys/fs/bpf/") {
+		if err := mountBPFFS("/sys/fs/bpf"); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating pin path: %w", err)
+	}
+	return nil
+}
+
+// be16 returns p in network order as the kernel sees a __be16.
+func be16(p uint16) [2]byte {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return b
+}
+
+// wire32 returns the uint32 whose in-memory bytes are a's (a __be32 field).
+func wire32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+// wire16 returns the uint16 whose in-memory bytes are p in network order.
+func wire16(p uint16) uint16 {
+	b := be16(p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func addrOf(w uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], w)
+	return netip.AddrFrom4(b)
+}
+
+func portOf(w uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], w)
+	return binary.BigEndian.Uint16(b[:])
+}

@@ -1,0 +1,154 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+)
+
+// Mode is how XDP attaches: native (in the driver), generic (after the
+// stack allocates an skb) or auto (native, else generic).
+type Mode string
+
+const (
+	ModeAuto    Mode = "auto"
+	ModeNative  Mode = "native"
+	ModeGeneric Mode = "generic"
+)
+
+// ParseMode returns the Mode named s, or an error naming the allowed values.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeAuto, ModeNative, ModeGeneric:
+		return m, nil
+	}
+	return "", fmt.Errorf("xdp mode %q: want auto, native or generic", s)
+}
+
+// Attach attaches the datapath to the interface named ifname and returns
+// the mode it got. With a pin path, a link pinned by an earlier run is
+// reused and its program replaced atomically (the mode stays that link's).
+func (d *Datapath) Attach(ifname string, mode Mode) (Mode, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l, got, err := attachXDP(d.objs.XlbXdp, ifname, mode, d.linkPin(ifname))
+	if err != nil {
+		return "", err
+	}
+	if old, ok := d.links[ifname]; ok {
+		old.Close()
+	}
+	d.links[ifname] = l
+	return got, nil
+}
+
+// Detach removes the datapath from ifname, unpinning its link.
+func (d *Datapath) Detach(ifname string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l, ok := d.links[ifname]
+	if !ok {
+		return fmt.Errorf("detaching %s: not attached", ifname)
+	}
+	delete(d.links, ifname)
+	if d.cfg.PinPath != "" {
+		if err := l.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unpinning link of %s: %w", ifname, err)
+		}
+	}
+	return l.Close()
+}
+
+func (d *Datapath) linkPin(ifname string) string {
+	if d.cfg.PinPath == "" {
+		return ""
+	}
+	return filepath.Join(d.cfg.PinPath, "link_"+ifname)
+}
+
+// attachXDP attaches prog to ifname, or updates the link pinned at pin.
+func attachXDP(prog *ebpf.Program, ifname string, mode Mode, pin string) (link.Link, Mode, error) {
+	if pin != "" {
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return nil, "", fmt.Errorf("updating pinned link of %s: %w", ifname, err)
+			}
+			return l, attachedMode(ifname), nil
+		}
+	}
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, "", fmt.Errorf("looking up %s: %w", ifname, err)
+	}
+	try := []Mode{mode}
+	if mode == ModeAuto || mode == "" {
+		try = []Mode{ModeNative, ModeGeneric}
+	}
+	var errs []error
+	for _, m := range try {
+		flags := link.XDPDriverMode
+		if m == ModeGeneric {
+			flags = link.XDPGenericMode
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Index, Flags: flags})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", m, err))
+			continue
+		}
+		if pin != "" {
+			if err := l.Pin(pin); err != nil {
+				l.Close()
+				return nil, "", fmt.Errorf("pinning link of %s: %w", ifname, err)
+			}
+		}
+		return l, m, nil
+	}
+	return nil, "", fmt.Errorf("attaching xdp to %s: %w", ifname, errors.Join(errs...))
+}
+
+// attachedMode asks netlink how XDP is attached to ifname.
+func attachedMode(ifname string) Mode {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil || l.Attrs().Xdp == nil {
+		return ModeAuto
+	}
+	switch l.Attrs().Xdp.AttachMode {
+	case nl.XDP_ATTACHED_DRV:
+		return ModeNative
+	case nl.XDP_ATTACHED_SKB:
+		return ModeGeneric
+	}
+	return ModeAuto
+}
+
+// AttachPass attaches a pass-through XDP program to ifname in native mode
+// and returns its link. Native XDP_TX on a veth is dropped unless the peer
+// veth has an XDP program; the lab puts this one there.
+func AttachPass(ifname string) (link.Link, error) {
+	var objs xlbPassObjects
+	if err := loadXlbPassObjects(&objs, nil); err != nil {
+		return nil, fmt.Errorf("loading pass program: %w", err)
+	}
+	defer objs.Close()
+	l, _, err := attachXDP(objs.XlbPass, ifname, ModeNative, "")
+	return l, err
+}
+
+// EnableForwarding turns on IPv4 forwarding on ifname in the calling
+// network namespace (net.ipv4.conf.<ifname>.forwarding), which
+// bpf_fib_lookup requires; without it every new flow is dropped as no_route.
+func EnableForwarding(ifname string) error {
+	p := filepath.Join("/proc/sys/net/ipv4/conf", ifname, "forwarding")
+	if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enabling forwarding on %s: %w", ifname, err)
+	}
+	return nil
+}
