@@ -209,12 +209,16 @@ static __always_inline int handle_vip(struct xdp_md *ctx, void *data_end, struct
 static __always_inline int handle_reply(struct xdp_md *ctx, void *data_end, struct eth_hdr *eth,
 					struct ipv4_hdr *ip)
 {
-	if (ip->ihl != 5 || ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+	if (ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_TCP ||
+	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return XDP_PASS;
 
 	struct tcp_hdr *tcp = (void *)(ip + 1);
+	__u32 tot = bpf_ntohs(ip->tot_len);
 
-	if (!hdr_ok(tcp, sizeof(*tcp), data_end))
+	/* Malformed packets to our own address are the kernel's to drop. */
+	if (!hdr_ok(tcp, sizeof(*tcp), data_end) || tot > (__u32)((__u8 *)data_end - (__u8 *)ip) ||
+	    tot < sizeof(*ip) + tcp_doff(tcp) || tcp_doff(tcp) < sizeof(*tcp))
 		return XDP_PASS;
 	__u16 port = bpf_ntohs(tcp->dport);
 

@@ -16,16 +16,16 @@ import (
 
 // The fixture's addresses mirror the lab (DESIGN.md).
 var (
-	vip      = netip.MustParseAddr("172.20.0.100")
-	lbAddr   = netip.MustParseAddr("172.20.0.21")
-	client   = netip.MustParseAddr("172.20.0.50")
-	pg1      = netip.MustParseAddr("172.20.0.10")
-	pg2      = netip.MustParseAddr("172.20.0.11")
-	pg3      = netip.MustParseAddr("172.20.0.12")
-	other    = netip.MustParseAddr("172.20.0.99")
-	lbMAC    = mustMAC("02:00:00:00:00:21")
+	vip       = netip.MustParseAddr("172.20.0.100")
+	lbAddr    = netip.MustParseAddr("172.20.0.21")
+	client    = netip.MustParseAddr("172.20.0.50")
+	pg1       = netip.MustParseAddr("172.20.0.10")
+	pg2       = netip.MustParseAddr("172.20.0.11")
+	pg3       = netip.MustParseAddr("172.20.0.12")
+	other     = netip.MustParseAddr("172.20.0.99")
+	lbMAC     = mustMAC("02:00:00:00:00:21")
 	clientMAC = mustMAC("02:00:00:00:00:50")
-	macs     = map[netip.Addr]net.HardwareAddr{
+	macs      = map[netip.Addr]net.HardwareAddr{
 		pg1: mustMAC("02:00:00:00:00:10"),
 		pg2: mustMAC("02:00:00:00:00:11"),
 		pg3: mustMAC("02:00:00:00:00:12"),

@@ -59,11 +59,11 @@ type PortRange struct {
 // Config holds the datapath's runtime settings, written into the program
 // before load.
 type Config struct {
-	VIP      netip.Addr // the virtual IP clients connect to
-	PortRW   uint16     // read/write service port, default 3000
-	PortRO   uint16     // read-only service port, default 3001
-	SNATAddr netip.Addr // this node's own address, source of backend connections
-	SNATPorts PortRange // SNAT source ports; must not overlap ip_local_port_range
+	VIP       netip.Addr // the virtual IP clients connect to
+	PortRW    uint16     // read/write service port, default 3000
+	PortRO    uint16     // read-only service port, default 3001
+	SNATAddr  netip.Addr // this node's own address, source of backend connections
+	SNATPorts PortRange  // SNAT source ports; must not overlap ip_local_port_range
 	// PinPath is the bpffs directory for maps and links; empty disables
 	// pinning (each Load gets fresh maps).
 	PinPath string
@@ -120,9 +120,9 @@ type Datapath struct {
 	objs xlbObjects
 
 	mu    sync.Mutex
-	ids   map[netip.AddrPort]uint32  // backend -> id
+	ids   map[netip.AddrPort]uint32    // backend -> id
 	pools map[Service][]netip.AddrPort // last SetBackends per service
-	links map[string]link.Link        // attached interfaces
+	links map[string]link.Link         // attached interfaces
 }
 
 // Load loads the datapath with cfg. With cfg.PinPath it mounts bpffs when

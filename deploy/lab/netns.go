@@ -5,8 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netns"
@@ -48,6 +52,12 @@ func (ns *Namespace) Output(name string, args ...string) (string, error) {
 	return output(context.Background(), append([]string{"ip", "netns", "exec", ns.Name, name}, args...)...)
 }
 
+// OutputContext is Output bounded by ctx: the command is killed when ctx
+// ends.
+func (ns *Namespace) OutputContext(ctx context.Context, name string, args ...string) (string, error) {
+	return output(ctx, append([]string{"ip", "netns", "exec", ns.Name, name}, args...)...)
+}
+
 // Command returns an unstarted command that runs in the namespace.
 func (ns *Namespace) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
@@ -86,6 +96,43 @@ func (ns *Namespace) Do(f func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// Start starts cmd directly in the namespace: the child is forked from a
+// thread inside it, so cmd.Process is the program itself (no ip or runuser
+// in between) and can be signalled by PID. Only the network namespace is
+// entered; the mount namespace stays the caller's.
+func (ns *Namespace) Start(cmd *exec.Cmd) error {
+	return ns.Do(cmd.Start)
+}
+
+// netnsDir is where ip netns keeps its named namespaces.
+const netnsDir = "/run/netns"
+
+// NamespaceExists reports whether a namespace called name exists.
+func NamespaceExists(name string) bool {
+	_, err := os.Stat(filepath.Join(netnsDir, name))
+	return err == nil
+}
+
+// Namespaces returns the names of the namespaces starting with prefix,
+// sorted. No namespace at all is not an error.
+func Namespaces(prefix string) ([]string, error) {
+	ents, err := os.ReadDir(netnsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing namespaces: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			names = append(names, e.Name())
+		}
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 func run(args ...string) error {
