@@ -10,7 +10,7 @@
 #include <bpf/bpf_endian.h>
 
 /* BENCH_PKT_LEN is the size of every benchmark packet. */
-#define BENCH_PKT_LEN 74
+#define BENCH_PKT_LEN 74 /* 9 words and 2 bytes */
 
 /* Offsets of the client address's low half and the client port. */
 #define OFF_SADDR_LO (14 + 14)
@@ -20,7 +20,8 @@
 struct bench_pkt {
 	__u32 vary;
 	__u32 seq;
-	__u8 bytes[BENCH_PKT_LEN];
+	__u64 words[BENCH_PKT_LEN / 8];	/* the packet, 8 bytes at a time... */
+	__u16 tail;			/* ...and its last 2 bytes */
 };
 
 /* bench_pkt_map holds the one input packet. */
@@ -52,7 +53,12 @@ int xlb_bench(struct xdp_md *ctx)
 	p = bpf_map_lookup_elem(&bench_pkt_map, &key);
 	if (!p)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, p->bytes, BENCH_PKT_LEN);
+	/* Word copies: a byte-wise memcpy would dominate the floor. */
+	__u64 *dst = data;
+#pragma unroll
+	for (int i = 0; i < BENCH_PKT_LEN / 8; i++)
+		dst[i] = p->words[i];
+	*(__u16 *)(data + BENCH_PKT_LEN - 2) = p->tail;
 	if (p->vary) {
 		__u32 seq = p->seq++;
 

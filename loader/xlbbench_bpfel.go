@@ -17,8 +17,9 @@ type xlbBenchBenchPkt struct {
 	_     structs.HostLayout
 	Vary  uint32
 	Seq   uint32
-	Bytes [74]uint8
-	_     [2]byte
+	Words [9]uint64
+	Tail  uint16
+	_     [6]byte
 }
 
 // Names of all BPF objects in the ELF.

@@ -113,9 +113,7 @@ func TestSmoke(t *testing.T) {
 
 	topo := newTopology(t, "pg1", "lb1", "client")
 	pg1, lb1, cl := topo.Node("pg1"), topo.Node("lb1"), topo.Node("client")
-	t0:=time.Now()
 	startPostgres(ctx, t, pg1.NS)
-	t.Logf("pg %v", time.Since(t0))
 
 	if err := lb1.AddAddress(netip.PrefixFrom(lab.VIP, 32)); err != nil {
 		t.Fatal(err)
@@ -133,7 +131,6 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("direct %v", time.Since(t0))
 	if row != client.String() {
 		t.Fatalf("direct connection: backend sees %q, want the client %v", row, client)
 	}
@@ -149,9 +146,7 @@ func TestSmoke(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			t.Logf("resolved %v", time.Since(t0))
 			testRW(ctx, t, dp, cl)
-			t.Logf("rw %v", time.Since(t0))
 			testRONoBackend(ctx, t, dp, cl)
 		})
 	}
@@ -207,7 +202,6 @@ func testRW(ctx context.Context, t *testing.T, dp *loader.Datapath, cl *lab.Node
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	t.Logf("flows polled %v", time.Since(deadline.Add(-5*time.Second)))
 	if len(flows) != 1 {
 		t.Fatalf("flows = %+v, want one", flows)
 	}
