@@ -2,7 +2,8 @@
 /*
  * csum.h — Internet checksums for XDP.
  *
- * XDP has no bpf_l4_csum_replace, so updates use bpf_csum_diff and a fold
+ * XDP has no bpf_l4_csum_replace: incremental updates add ~old and new
+ * words inline and fold; full sums (RSTs) use bpf_csum_diff
  * (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
  */
 #ifndef XLB_CSUM_H
@@ -13,22 +14,33 @@
 #include <bpf/bpf_endian.h>
 #include "parse.h"
 
-/* csum_fold folds a 32-bit ones' complement sum and complements it. */
+/* csum_fold folds a ones' complement sum (up to 64 bits) and complements it. */
 static __always_inline __sum16 csum_fold(__u64 sum)
 {
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return (__sum16)~sum;
 }
 
-/* csum_replace returns check updated for size bytes (a multiple of 4)
- * changing from old to new. */
-static __always_inline __sum16 csum_replace(__sum16 check, __be32 *old, __be32 *new, __u32 size)
+/* csum_start opens an incremental update of check (RFC 1624, eqn. 3):
+ * add ~old and new for every changed word, then csum_fold. One's complement
+ * sums do not care about byte order, so words are added as loaded. */
+static __always_inline __u64 csum_start(__sum16 check)
 {
-	__s64 sum = bpf_csum_diff(old, size, new, size, (__u16)~check);
+	return (__u16)~check;
+}
 
-	return csum_fold((__u64)sum);
+static __always_inline __u64 csum_swap32(__u64 sum, __u32 old, __u32 new)
+{
+	return sum + (__u32)~old + new;
+}
+
+static __always_inline __u64 csum_swap16(__u64 sum, __u16 old, __u16 new)
+{
+	return sum + (__u16)~old + new;
 }
 
 /* ipv4_csum computes the checksum of a 20-byte IPv4 header whose check

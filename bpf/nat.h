@@ -120,25 +120,23 @@ static __always_inline __be16 snat_alloc(struct xlb_flow_key *rk, struct xlb_flo
 static __always_inline void rewrite(struct eth_hdr *eth, struct ipv4_hdr *ip,
 				    struct tcp_hdr *tcp, const struct xlb_flow *f)
 {
-	struct xlb_flow_key from = {
-		.saddr = ip->saddr,
-		.daddr = ip->daddr,
-		.sport = tcp->sport,
-		.dport = tcp->dport,
-	};
-	struct xlb_flow_key to = {
-		.saddr = f->nat_saddr,
-		.daddr = f->nat_daddr,
-		.sport = f->nat_sport,
-		.dport = f->nat_dport,
-	};
+	__u64 sum = csum_start(ip->check);
 
-	ip->check = csum_replace(ip->check, (__be32 *)&from, (__be32 *)&to, 8);
-	tcp->check = csum_replace(tcp->check, (__be32 *)&from, (__be32 *)&to, sizeof(from));
-	ip->saddr = to.saddr;
-	ip->daddr = to.daddr;
-	tcp->sport = to.sport;
-	tcp->dport = to.dport;
+	sum = csum_swap32(sum, ip->saddr, f->nat_saddr);
+	sum = csum_swap32(sum, ip->daddr, f->nat_daddr);
+	ip->check = csum_fold(sum);
+
+	sum = csum_start(tcp->check);
+	sum = csum_swap32(sum, ip->saddr, f->nat_saddr);
+	sum = csum_swap32(sum, ip->daddr, f->nat_daddr);
+	sum = csum_swap16(sum, tcp->sport, f->nat_sport);
+	sum = csum_swap16(sum, tcp->dport, f->nat_dport);
+	tcp->check = csum_fold(sum);
+
+	ip->saddr = f->nat_saddr;
+	ip->daddr = f->nat_daddr;
+	tcp->sport = f->nat_sport;
+	tcp->dport = f->nat_dport;
 	__builtin_memcpy(eth->dst, f->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->src, f->smac, ETH_ALEN);
 }
