@@ -1,0 +1,103 @@
+package loader_test
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/xlb-dev/xlb/loader"
+)
+
+// TestPinnedRestart loads a pinned datapath, attaches it, makes a flow,
+// closes it as a killed daemon would (no unpin), and loads again: the
+// flow, the backend pools and the attachment survive. Unpin then removes
+// everything.
+func TestPinnedRestart(t *testing.T) {
+	f := newFixture(t, snatPorts) // for the namespace and lb0
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("xlb-test-%d", os.Getpid()))
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	cfg := loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: snatPorts, PinPath: pin, SkipPortCheck: true}
+	primary := ap(pg1, 5432)
+	replicas := []netip.AddrPort{ap(pg2, 5432), ap(pg3, 5432)}
+
+	load := func() *loader.Datapath {
+		t.Helper()
+		dp, err := loader.Load(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dp.Close() })
+		if err := f.ns.Do(func() error { _, err := dp.Attach("lb0", loader.ModeGeneric); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return dp
+	}
+	dp := load()
+	if err := dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.SetBackends(loader.RO, replicas); err != nil {
+		t.Fatal(err)
+	}
+	f.dp = dp
+	_, port := forward(t, f, clientPkt(43000, 3000, syn, nil))
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if attached(t, f) != "generic" {
+		t.Fatal("closing without unpin detached the datapath")
+	}
+
+	dp2 := load()
+	f.dp = dp2
+	if got := dp2.Pool(loader.RW); len(got) != 1 || got[0] != primary {
+		t.Fatalf("rw pool after restart %v, want [%v]", got, primary)
+	}
+	if got := dp2.Pool(loader.RO); len(got) != 2 || got[0] != replicas[0] || got[1] != replicas[1] {
+		t.Fatalf("ro pool after restart %v, want %v", got, replicas)
+	}
+	flows, err := dp2.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) != 1 || flows[0].Client != ap(client, 43000) || flows[0].SNAT.Port() != port {
+		t.Fatalf("flows after restart %+v, want the one from %v on port %d", flows, ap(client, 43000), port)
+	}
+	// The flow still forwards, with the new program.
+	if _, p2 := forward(t, f, clientPkt(43000, 3000, ack, []byte("x"))); p2 != port {
+		t.Fatalf("flow moved from SNAT port %d to %d across the restart", port, p2)
+	}
+
+	if err := dp2.Unpin(); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if m := attached(t, f); m != "" {
+		t.Fatalf("after unpin and close, xdp still attached (%s)", m)
+	}
+	if ents, _ := os.ReadDir(pin); len(ents) != 0 {
+		t.Fatalf("pins left behind: %v", ents)
+	}
+}
+
+// attached returns lb0's XDP mode as ip link shows it ("generic", "native"
+// or "").
+func attached(t *testing.T, f *fixture) string {
+	t.Helper()
+	out, err := f.ns.Output("ip", "-d", "link", "show", "lb0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case strings.Contains(out, "xdpgeneric"):
+		return "generic"
+	case strings.Contains(out, "xdp "), strings.Contains(out, "xdpdrv"):
+		return "native"
+	}
+	return ""
+}
