@@ -1,0 +1,347 @@
+package control
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Service is a VIP port: RW for writes, RO for reads.
+type Service int
+
+const (
+	RW Service = iota // VIP:3000, the primary
+	RO                // VIP:3001, the replicas
+)
+
+func (s Service) String() string {
+	if s == RW {
+		return "rw"
+	}
+	return "ro"
+}
+
+// Role is what a node is, as its last good probe said.
+type Role string
+
+const (
+	RoleUnknown Role = "unknown" // never answered
+	RolePrimary Role = "primary"
+	RoleReplica Role = "replica"
+)
+
+// Health is whether a node is routable.
+type Health string
+
+const (
+	HealthUnknown Health = "unknown" // no probe yet
+	HealthUp      Health = "up"
+	HealthDown    Health = "down"
+)
+
+// ErrUnknownNode means no node has the given name.
+var ErrUnknownNode = errors.New("unknown node")
+
+// Node is a PostgreSQL node from the configuration.
+type Node struct {
+	Name     string
+	Addr     netip.AddrPort
+	Priority int // higher wins among equals (failover)
+}
+
+// Observation is one probe of one node.
+type Observation struct {
+	Node       string
+	Time       time.Time
+	Err        error // nil: the probe answered
+	InRecovery bool
+	Timeline   uint32
+	WALLSN     uint64 // primary: current WAL position
+	ReplayLSN  uint64 // replica: replayed WAL position
+	ReplayLag  time.Duration
+	Latency    time.Duration
+}
+
+// Datapath is where pools go: the loader in xlb, a fake in tests.
+type Datapath interface {
+	// SetPool makes backends the pool of svc (new flows only).
+	SetPool(svc Service, backends []netip.AddrPort) error
+	// Cut removes b from every pool and deletes its flows.
+	Cut(b netip.AddrPort) error
+}
+
+// Config holds the controller's rules.
+type Config struct {
+	Fall         int           // failed probes to go down; default 3
+	Rise         int           // good probes to come up; default 2
+	MaxReadLag   time.Duration // replicas further behind take no reads; 0 = no limit
+	ReadFallback bool          // reads go to the primary when no replica can take them
+}
+
+// Member is a node and what the controller knows of it.
+type Member struct {
+	Node
+	Role       Role          `json:"role"`
+	Health     Health        `json:"health"`
+	Drained    bool          `json:"drained"`
+	Timeline   uint32        `json:"timeline"`
+	WALLSN     uint64        `json:"wal_lsn"`
+	ReplayLSN  uint64        `json:"replay_lsn"`
+	ReplayLag  time.Duration `json:"replay_lag"`
+	Latency    time.Duration `json:"latency"`
+	LastCheck  time.Time     `json:"last_check"`
+	LastError  string        `json:"last_error,omitempty"`
+	Pools      []Service     `json:"pools"`
+	Conflict   bool          `json:"conflict,omitempty"` // claims primary but is not the writer
+	fails, oks int
+}
+
+// Controller turns observations into pools.
+type Controller struct {
+	cfg Config
+	dp  Datapath
+	now func() time.Time
+
+	mu      sync.Mutex
+	members []*Member
+	pools   [2][]netip.AddrPort
+	written bool
+}
+
+// New returns a controller for nodes that writes to dp. now is the clock
+// (time.Now in xlb).
+func New(cfg Config, nodes []Node, dp Datapath, now func() time.Time) *Controller {
+	if cfg.Fall <= 0 {
+		cfg.Fall = 3
+	}
+	if cfg.Rise <= 0 {
+		cfg.Rise = 2
+	}
+	c := &Controller{cfg: cfg, dp: dp, now: now}
+	for _, n := range nodes {
+		c.members = append(c.members, &Member{Node: n, Role: RoleUnknown, Health: HealthUnknown})
+	}
+	return c
+}
+
+func (c *Controller) member(name string) *Member {
+	for _, m := range c.members {
+		if m.Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// Observe takes one probe result, updates the node and writes any pool
+// change to the datapath. It returns the datapath's error, or
+// ErrUnknownNode.
+func (c *Controller) Observe(o Observation) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.member(o.Node)
+	if m == nil {
+		return fmt.Errorf("observing %q: %w", o.Node, ErrUnknownNode)
+	}
+	m.LastCheck = o.Time
+	if o.Err != nil {
+		m.LastError = o.Err.Error()
+		m.oks = 0
+		m.fails++
+		switch {
+		case m.Health == HealthUnknown:
+			// Nothing says it ever worked: not routable from the start.
+			m.Health = HealthDown
+			slog.Info("node down", "node", m.Name, "err", o.Err)
+		case m.Health == HealthUp && m.fails >= c.cfg.Fall:
+			m.Health = HealthDown
+			slog.Warn("node down", "node", m.Name, "fails", m.fails, "err", o.Err)
+		}
+		return c.apply()
+	}
+	m.LastError = ""
+	m.fails = 0
+	m.oks++
+	role := RolePrimary
+	if o.InRecovery {
+		role = RoleReplica
+	}
+	if m.Role != role && m.Role != RoleUnknown {
+		slog.Warn("role changed", "node", m.Name, "from", m.Role, "to", role, "timeline", o.Timeline)
+	}
+	m.Role = role
+	m.Timeline = o.Timeline
+	m.WALLSN = o.WALLSN
+	m.ReplayLSN = o.ReplayLSN
+	m.ReplayLag = o.ReplayLag
+	m.Latency = o.Latency
+	switch {
+	case m.Health == HealthUnknown:
+		// First contact at start-up: route at once.
+		m.Health = HealthUp
+		slog.Info("node up", "node", m.Name, "role", role)
+	case m.Health == HealthDown && m.oks >= c.cfg.Rise:
+		m.Health = HealthUp
+		slog.Info("node up", "node", m.Name, "role", role, "oks", m.oks)
+	}
+	return c.apply()
+}
+
+// Drain stops new flows to the node named name; its flows stay.
+func (c *Controller) Drain(name string) error { return c.setDrained(name, true) }
+
+// Enable undoes Drain.
+func (c *Controller) Enable(name string) error { return c.setDrained(name, false) }
+
+func (c *Controller) setDrained(name string, d bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.member(name)
+	if m == nil {
+		return fmt.Errorf("draining %q: %w", name, ErrUnknownNode)
+	}
+	m.Drained = d
+	slog.Info("drain", "node", name, "drained", d)
+	return c.apply()
+}
+
+// Members returns a snapshot of every node, in configuration order.
+func (c *Controller) Members() []Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Member, len(c.members))
+	for i, m := range c.members {
+		out[i] = *m
+		out[i].Pools = slices.Clone(m.Pools)
+	}
+	return out
+}
+
+// Pool returns the backends of svc as last written.
+func (c *Controller) Pool(svc Service) []netip.AddrPort {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.pools[svc])
+}
+
+// decision is what the rules give for the current members.
+type decision struct {
+	pools    [2][]netip.AddrPort
+	writer   *Member
+	conflict []*Member
+}
+
+// decide applies the rules to members. It is pure.
+func decide(cfg Config, members []*Member) decision {
+	var d decision
+	var primaries []*Member
+	for _, m := range members {
+		if m.Health == HealthUp && m.Role == RolePrimary {
+			primaries = append(primaries, m)
+		}
+	}
+	if len(primaries) > 0 {
+		// Newest timeline wins; then priority; then name, so every
+		// controller that sees the same cluster picks the same node.
+		slices.SortFunc(primaries, func(a, b *Member) int {
+			if c := cmp.Compare(b.Timeline, a.Timeline); c != 0 {
+				return c
+			}
+			if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.Name, b.Name)
+		})
+		d.writer = primaries[0]
+		d.conflict = primaries[1:]
+		if !d.writer.Drained {
+			d.pools[RW] = []netip.AddrPort{d.writer.Addr}
+		}
+	}
+	for _, m := range members {
+		if m.Health != HealthUp || m.Role != RoleReplica || m.Drained {
+			continue
+		}
+		if cfg.MaxReadLag > 0 && m.ReplayLag > cfg.MaxReadLag {
+			continue
+		}
+		d.pools[RO] = append(d.pools[RO], m.Addr)
+	}
+	if len(d.pools[RO]) == 0 && cfg.ReadFallback && len(d.pools[RW]) > 0 {
+		d.pools[RO] = slices.Clone(d.pools[RW])
+	}
+	for i := range d.pools {
+		slices.SortFunc(d.pools[i], func(a, b netip.AddrPort) int { return a.Compare(b) })
+	}
+	return d
+}
+
+// apply decides and writes what changed: first cuts (nodes that left a
+// pool for good reason), then the pools.
+func (c *Controller) apply() error {
+	d := decide(c.cfg, c.members)
+	for _, m := range c.members {
+		m.Conflict = slices.Contains(d.conflict, m)
+		m.Pools = m.Pools[:0]
+		for _, svc := range []Service{RW, RO} {
+			if slices.Contains(d.pools[svc], m.Addr) {
+				m.Pools = append(m.Pools, svc)
+			}
+		}
+	}
+	var errs []error
+	cut := false
+	for _, svc := range []Service{RW, RO} {
+		for _, b := range c.pools[svc] {
+			if slices.Contains(d.pools[svc], b) {
+				continue
+			}
+			m := c.byAddr(b)
+			if m != nil && m.Health == HealthUp && !c.roleLeft(m, svc) {
+				continue // drained or lagging: keep its flows
+			}
+			slog.Info("cutting flows", "backend", b, "service", svc)
+			if err := c.dp.Cut(b); err != nil {
+				errs = append(errs, fmt.Errorf("cutting %v: %w", b, err))
+			}
+			cut = true
+		}
+	}
+	for _, svc := range []Service{RW, RO} {
+		// A cut takes a backend out of every pool: rewrite them all.
+		if c.written && !cut && slices.Equal(c.pools[svc], d.pools[svc]) {
+			continue
+		}
+		slog.Info("pool", "service", svc, "backends", d.pools[svc])
+		if err := c.dp.SetPool(svc, d.pools[svc]); err != nil {
+			errs = append(errs, fmt.Errorf("setting %v pool: %w", svc, err))
+			continue
+		}
+		c.pools[svc] = d.pools[svc]
+	}
+	c.written = true
+	return errors.Join(errs...)
+}
+
+// roleLeft reports whether m no longer has the role that svc needs.
+func (c *Controller) roleLeft(m *Member, svc Service) bool {
+	if svc == RW {
+		return m.Role != RolePrimary || m.Conflict
+	}
+	// A primary serving reads as fallback keeps them when replicas return.
+	return m.Role != RoleReplica && m.Role != RolePrimary
+}
+
+func (c *Controller) byAddr(b netip.AddrPort) *Member {
+	for _, m := range c.members {
+		if m.Addr == b {
+			return m
+		}
+	}
+	return nil
+}

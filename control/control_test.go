@@ -1,0 +1,191 @@
+package control
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	gocmp "github.com/google/go-cmp/cmp"
+)
+
+// fakeDatapath records pools and cuts as the loader would apply them: a
+// cut takes the backend out of every pool.
+type fakeDatapath struct {
+	pools [2][]netip.AddrPort
+	log   []string
+}
+
+func (f *fakeDatapath) SetPool(svc Service, b []netip.AddrPort) error {
+	f.pools[svc] = slices.Clone(b)
+	f.log = append(f.log, fmt.Sprintf("set %v %v", svc, b))
+	return nil
+}
+
+func (f *fakeDatapath) Cut(b netip.AddrPort) error {
+	for i := range f.pools {
+		f.pools[i] = slices.DeleteFunc(f.pools[i], func(x netip.AddrPort) bool { return x == b })
+	}
+	f.log = append(f.log, fmt.Sprintf("cut %v", b))
+	return nil
+}
+
+var (
+	pg1 = Node{Name: "pg1", Addr: netip.MustParseAddrPort("172.20.0.10:5432")}
+	pg2 = Node{Name: "pg2", Addr: netip.MustParseAddrPort("172.20.0.11:5432")}
+	pg3 = Node{Name: "pg3", Addr: netip.MustParseAddrPort("172.20.0.12:5432")}
+)
+
+// step is one event of a sequence: a probe result or a drain/enable.
+type step struct {
+	node    string
+	down    bool          // the probe failed
+	replica bool          // pg_is_in_recovery()
+	tl      uint32        // timeline, default 1
+	lag     time.Duration // replay lag
+	drain   *bool
+}
+
+func ok(n string) step     { return step{node: n} }
+func rep(n string) step    { return step{node: n, replica: true} }
+func fail(n string) step   { return step{node: n, down: true} }
+func drain(n string) step  { d := true; return step{node: n, drain: &d} }
+func enable(n string) step { d := false; return step{node: n, drain: &d} }
+func times(s step, k int) []step {
+	out := make([]step, k)
+	for i := range out {
+		out[i] = s
+	}
+	return out
+}
+
+// start is a healthy cluster: pg1 primary, pg2 and pg3 replicas.
+var start = []step{ok("pg1"), rep("pg2"), rep("pg3")}
+
+func seq(parts ...any) []step {
+	var out []step
+	for _, p := range parts {
+		switch p := p.(type) {
+		case step:
+			out = append(out, p)
+		case []step:
+			out = append(out, p...)
+		}
+	}
+	return out
+}
+
+func addrs(nodes ...Node) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, n := range nodes {
+		out = append(out, n.Addr)
+	}
+	if out == nil {
+		return nil
+	}
+	return out
+}
+
+func TestPools(t *testing.T) {
+	tests := []struct {
+		name     string
+		cfg      Config
+		steps    []step
+		wantRW   []netip.AddrPort
+		wantRO   []netip.AddrPort
+		wantCuts []string
+	}{
+		{name: "healthy cluster", steps: start, wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
+		{name: "one failed probe changes nothing", steps: seq(start, fail("pg3")), wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
+		{name: "two failed probes change nothing", steps: seq(start, times(fail("pg3"), 2)), wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
+		{name: "three failed probes: replica down and cut", steps: seq(start, times(fail("pg3"), 3)),
+			wantRW: addrs(pg1), wantRO: addrs(pg2), wantCuts: []string{"cut 172.20.0.12:5432"}},
+		{name: "failures not in a row do not add up", steps: seq(start, fail("pg3"), fail("pg3"), rep("pg3"), fail("pg3"), fail("pg3")),
+			wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
+		{name: "back after one good probe: still down", steps: seq(start, times(fail("pg3"), 3), rep("pg3")),
+			wantRW: addrs(pg1), wantRO: addrs(pg2), wantCuts: []string{"cut 172.20.0.12:5432"}},
+		{name: "back after two good probes", steps: seq(start, times(fail("pg3"), 3), times(rep("pg3"), 2)),
+			wantRW: addrs(pg1), wantRO: addrs(pg2, pg3), wantCuts: []string{"cut 172.20.0.12:5432"}},
+		{name: "primary down: no writer, reads go on", steps: seq(start, times(fail("pg1"), 3)),
+			wantRW: nil, wantRO: addrs(pg2, pg3), wantCuts: []string{"cut 172.20.0.10:5432"}},
+		{name: "all replicas down: reads fall back to the primary", cfg: Config{ReadFallback: true},
+			steps:  seq(start, times(fail("pg2"), 3), times(fail("pg3"), 3)),
+			wantRW: addrs(pg1), wantRO: addrs(pg1), wantCuts: []string{"cut 172.20.0.11:5432", "cut 172.20.0.12:5432"}},
+		{name: "all replicas down, no fallback", steps: seq(start, times(fail("pg2"), 3), times(fail("pg3"), 3)),
+			wantRW: addrs(pg1), wantRO: nil, wantCuts: []string{"cut 172.20.0.11:5432", "cut 172.20.0.12:5432"}},
+		{name: "replica over max lag takes no reads, keeps flows", cfg: Config{MaxReadLag: time.Second},
+			steps:  seq(start, step{node: "pg2", replica: true, lag: 5 * time.Second}),
+			wantRW: addrs(pg1), wantRO: addrs(pg3)},
+		{name: "drain keeps flows", steps: seq(start, drain("pg2")), wantRW: addrs(pg1), wantRO: addrs(pg3)},
+		{name: "drain then enable", steps: seq(start, drain("pg2"), enable("pg2")), wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
+		{name: "drained primary takes no writes", steps: seq(start, drain("pg1")), wantRW: nil, wantRO: addrs(pg2, pg3)},
+		{name: "unreachable at start: never routed", steps: []step{fail("pg1"), rep("pg2"), rep("pg3")},
+			wantRW: nil, wantRO: addrs(pg2, pg3)},
+		{name: "promoted replica becomes the writer, old primary cut", steps: seq(start, times(fail("pg1"), 3), step{node: "pg2", tl: 2}),
+			wantRW: addrs(pg2), wantRO: addrs(pg3), wantCuts: []string{"cut 172.20.0.10:5432"}},
+		{name: "two primaries: newest timeline writes", steps: seq(start, step{node: "pg2", tl: 2}),
+			wantRW: addrs(pg2), wantRO: addrs(pg3), wantCuts: []string{"cut 172.20.0.10:5432"}},
+		{name: "demoted primary leaves writes, joins reads", steps: seq(start, step{node: "pg1", replica: true, tl: 1}),
+			wantRW: nil, wantRO: addrs(pg1, pg2, pg3), wantCuts: []string{"cut 172.20.0.10:5432"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fd := &fakeDatapath{}
+			clock := time.Unix(1_700_000_000, 0)
+			c := New(tt.cfg, []Node{pg1, pg2, pg3}, fd, func() time.Time { return clock })
+			for _, s := range tt.steps {
+				clock = clock.Add(500 * time.Millisecond)
+				var err error
+				switch {
+				case s.drain != nil && *s.drain:
+					err = c.Drain(s.node)
+				case s.drain != nil:
+					err = c.Enable(s.node)
+				default:
+					o := Observation{Node: s.node, Time: clock, InRecovery: s.replica, Timeline: cmp.Or(s.tl, 1), ReplayLag: s.lag}
+					if s.down {
+						o.Err = errors.New("connection refused")
+					}
+					err = c.Observe(o)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if diff := gocmp.Diff(tt.wantRW, fd.pools[RW], cmpAddr); diff != "" {
+				t.Errorf("rw pool (-want +got):\n%s", diff)
+			}
+			if diff := gocmp.Diff(tt.wantRO, fd.pools[RO], cmpAddr); diff != "" {
+				t.Errorf("ro pool (-want +got):\n%s", diff)
+			}
+			var cuts []string
+			for _, l := range fd.log {
+				if strings.HasPrefix(l, "cut ") {
+					cuts = append(cuts, l)
+				}
+			}
+			if diff := gocmp.Diff(tt.wantCuts, cuts); diff != "" {
+				t.Errorf("cuts (-want +got):\n%s\nlog: %v", diff, fd.log)
+			}
+			if diff := gocmp.Diff(fd.pools[RW], c.Pool(RW), cmpAddr); diff != "" {
+				t.Errorf("controller's rw pool differs from the datapath's (-dp +ctl):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestUnknownNode(t *testing.T) {
+	c := New(Config{}, []Node{pg1}, &fakeDatapath{}, time.Now)
+	if err := c.Observe(Observation{Node: "pg9"}); !errors.Is(err, ErrUnknownNode) {
+		t.Fatalf("Observe(pg9) = %v, want ErrUnknownNode", err)
+	}
+	if err := c.Drain("pg9"); !errors.Is(err, ErrUnknownNode) {
+		t.Fatalf("Drain(pg9) = %v, want ErrUnknownNode", err)
+	}
+}
+
+var cmpAddr = gocmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
