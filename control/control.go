@@ -284,6 +284,15 @@ func decide(cfg Config, members []*Member) decision {
 // apply decides and writes what changed: first cuts (nodes that left a
 // pool for good reason), then the pools.
 func (c *Controller) apply() error {
+	if !c.written {
+		// Until every node has answered or failed once, keep what the
+		// datapath has (after a restart: the pinned pools).
+		for _, m := range c.members {
+			if m.Health == HealthUnknown {
+				return nil
+			}
+		}
+	}
 	d := decide(c.cfg, c.members)
 	for _, m := range c.members {
 		m.Conflict = slices.Contains(d.conflict, m)

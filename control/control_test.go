@@ -100,6 +100,7 @@ func TestPools(t *testing.T) {
 		wantCuts []string
 	}{
 		{name: "healthy cluster", steps: start, wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
+		{name: "nothing written until every node answered once", steps: []step{ok("pg1"), rep("pg2")}, wantRW: nil, wantRO: nil},
 		{name: "one failed probe changes nothing", steps: seq(start, fail("pg3")), wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
 		{name: "two failed probes change nothing", steps: seq(start, times(fail("pg3"), 2)), wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
 		{name: "three failed probes: replica down and cut", steps: seq(start, times(fail("pg3"), 3)),

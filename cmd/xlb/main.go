@@ -3,7 +3,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -13,10 +15,19 @@ import (
 var version = "dev"
 
 func main() {
+	os.Exit(run(os.Args, os.Stderr))
+}
+
+// run runs the CLI and returns the exit code: 2 for a bad configuration,
+// 1 for any other error.
+func run(args []string, stderr io.Writer) int {
 	app := &cli.App{
 		Name:  "xlb",
 		Usage: "PostgreSQL high availability behind one address, forwarded by XDP",
 		Commands: []*cli.Command{
+			runCommand,
+			backendsCommand,
+			statusCommand,
 			{
 				Name:  "version",
 				Usage: "print the version",
@@ -27,8 +38,13 @@ func main() {
 			},
 		},
 	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "xlb:", err)
-		os.Exit(1)
+	if err := app.Run(args); err != nil {
+		fmt.Fprintln(stderr, "xlb:", err)
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			return 2
+		}
+		return 1
 	}
+	return 0
 }

@@ -8,6 +8,25 @@
 // namespace, Postgres.Close stops it by PID and removes its files; Query runs
 // psql from a namespace with the password in the environment.
 //
+// # Replication
+//
+// Every cluster is ready to be a primary or a replica (ReplicationSettings:
+// hot standby, feedback, wal_retrieve_retry_interval 200ms). A primary gets
+// the role ReplicationUser (LOGIN REPLICATION only) and the physical slots
+// of PostgresConfig.Slots; StartReplica clones it with pg_basebackup -R -S
+// <slot> -X stream, run as postgres inside the replica's namespace, and
+// points primary_conninfo at it with application_name=<name> and a
+// password file in the data directory (0600, postgres's). Passwords go
+// through stdin, the environment or password files, never argv.
+// StopImmediate, Restart, Promote and WaitReplaying drive failover drills.
+//
+// # Loopback clusters
+//
+// With a nil *Namespace a cluster runs in the caller's namespace and
+// listens on 127.0.0.1 only (pg_hba admits 127.0.0.1/32), on a port from
+// FreePort: that is how package health's tests probe real servers from the
+// test process, whose pgx goroutines could not follow a namespace switch.
+//
 // # Needs
 //
 // Root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2's ip, ethtool, ping, and

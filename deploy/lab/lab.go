@@ -18,6 +18,13 @@ const (
 	PortRO       = 3001 // VIP port of the read-only service
 )
 
+// ReplicationUser (LOGIN REPLICATION, nothing else) is the role the lab's
+// replicas stream as, with ReplicationPassword, a lab secret like Password.
+const (
+	ReplicationUser     = "replicator"
+	ReplicationPassword = "replicatortest123"
+)
+
 var (
 	// Subnet is the lab's one L2 segment.
 	Subnet = netip.MustParsePrefix("172.20.0.0/24")

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/xlb-dev/xlb/control"
+	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/loader"
+)
+
+// BackendView is one row of `xlb backends`.
+type BackendView struct {
+	Member    string           `json:"member"`
+	Host      string           `json:"host"`
+	Role      string           `json:"role"`
+	State     string           `json:"state"`
+	Timeline  uint32           `json:"timeline"`
+	ReplayLSN string           `json:"replay_lsn"`
+	WALLSN    string           `json:"wal_lsn,omitempty"`
+	LagMS     int64            `json:"lag_ms"`
+	Pools     []string         `json:"pools"`
+	Flows     int              `json:"active_flows"`
+	Packets   uint64           `json:"packets"`
+	Bytes     uint64           `json:"bytes"`
+	LastCheck time.Time        `json:"last_check"`
+	LastError string           `json:"last_error,omitempty"`
+	Drained   bool             `json:"drained"`
+	Counters  *loader.Counters `json:"counters,omitempty"`
+}
+
+// StatusView is `xlb status`.
+type StatusView struct {
+	Version     string                     `json:"version"`
+	Uptime      string                     `json:"uptime"`
+	Interface   string                     `json:"interface"`
+	Mode        string                     `json:"xdp_mode"`
+	VIP         string                     `json:"vip"`
+	NodeAddress string                     `json:"node_address"`
+	PortRW      uint16                     `json:"port_rw"`
+	PortRO      uint16                     `json:"port_ro"`
+	SNATPorts   string                     `json:"snat_ports"`
+	PinPath     string                     `json:"pin_path"`
+	Writer      []string                   `json:"writer"`
+	Readers     []string                   `json:"readers"`
+	Flows       int                        `json:"active_flows"`
+	Total       loader.Counters            `json:"total"`
+	Services    map[string]loader.Counters `json:"services"`
+}
+
+func (d *daemon) backends() ([]BackendView, error) {
+	st, err := d.dp.Stats()
+	if err != nil {
+		return nil, err
+	}
+	flows, err := d.dp.Flows()
+	if err != nil {
+		return nil, err
+	}
+	active := map[netip.AddrPort]int{}
+	for _, f := range flows {
+		if !f.Closed {
+			active[f.Backend]++
+		}
+	}
+	var out []BackendView
+	for _, m := range d.ctl.Members() {
+		v := BackendView{
+			Member:    m.Name,
+			Host:      m.Addr.String(),
+			Role:      string(m.Role),
+			State:     string(m.Health),
+			Timeline:  m.Timeline,
+			LagMS:     m.ReplayLag.Milliseconds(),
+			Flows:     active[m.Addr],
+			LastCheck: m.LastCheck,
+			LastError: m.LastError,
+			Drained:   m.Drained,
+			Pools:     []string{},
+		}
+		if m.Drained {
+			v.State = "drained"
+		}
+		if m.Conflict {
+			v.State = "conflict"
+		}
+		if m.ReplayLSN != 0 {
+			v.ReplayLSN = health.LSN(m.ReplayLSN).String()
+		}
+		if m.WALLSN != 0 {
+			v.WALLSN = health.LSN(m.WALLSN).String()
+		}
+		for _, p := range m.Pools {
+			v.Pools = append(v.Pools, poolName(d.cfg, p))
+		}
+		if c, ok := st.Backends[m.Addr]; ok {
+			v.Packets, v.Bytes = c.Packets, c.Bytes
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func poolName(cfg *Config, s control.Service) string {
+	if s == control.RW {
+		return fmt.Sprint(cfg.Ports.RW)
+	}
+	return fmt.Sprint(cfg.Ports.RO)
+}
+
+func (d *daemon) status() (StatusView, error) {
+	st, err := d.dp.Stats()
+	if err != nil {
+		return StatusView{}, err
+	}
+	flows, err := d.dp.Flows()
+	if err != nil {
+		return StatusView{}, err
+	}
+	n := 0
+	for _, f := range flows {
+		if !f.Closed {
+			n++
+		}
+	}
+	v := StatusView{
+		Version:     version,
+		Uptime:      time.Since(d.started).Round(time.Second).String(),
+		Interface:   d.cfg.Interface,
+		Mode:        string(d.mode),
+		VIP:         d.cfg.VIP,
+		NodeAddress: d.cfg.NodeAddress,
+		PortRW:      d.cfg.Ports.RW,
+		PortRO:      d.cfg.Ports.RO,
+		SNATPorts:   d.cfg.SNATPorts,
+		PinPath:     d.cfg.PinPath,
+		Writer:      addrStrings(d.ctl.Pool(control.RW)),
+		Readers:     addrStrings(d.ctl.Pool(control.RO)),
+		Flows:       n,
+		Total:       st.Total,
+		Services:    map[string]loader.Counters{},
+	}
+	for s, c := range st.Services {
+		v.Services[s.String()] = c
+	}
+	return v, nil
+}
+
+func addrStrings(a []netip.AddrPort) []string {
+	out := []string{}
+	for _, x := range a {
+		out = append(out, x.String())
+	}
+	return out
+}
+
+// serveAPI serves the control API on a Unix socket that only root can use
+// (mode 0600). It refuses to start when another daemon answers there.
+func serveAPI(path string, d *daemon) (*http.Server, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("creating socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s: another xlb answers there", path)
+	}
+	os.Remove(path)
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("securing %s: %w", path, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/backends", func(w http.ResponseWriter, r *http.Request) {
+		v, err := d.backends()
+		reply(w, v, err)
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		v, err := d.status()
+		reply(w, v, err)
+	})
+	mux.HandleFunc("POST /v1/backends/{name}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		var err error
+		switch r.PathValue("action") {
+		case "drain":
+			err = d.ctl.Drain(name)
+		case "enable":
+			err = d.ctl.Enable(name)
+		default:
+			http.Error(w, "unknown action", http.StatusNotFound)
+			return
+		}
+		if errors.Is(err, control.ErrUnknownNode) {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		reply(w, map[string]string{"member": name, "action": r.PathValue("action")}, err)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("control api", "err", err)
+		}
+	}()
+	return srv, nil
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}

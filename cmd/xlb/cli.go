@@ -1,0 +1,166 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+var socketFlag = &cli.StringFlag{Name: "socket", Value: defaultSocket, Usage: "control socket of the daemon", EnvVars: []string{"XLB_SOCKET"}}
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON for programs"}
+
+var backendsCommand = &cli.Command{
+	Name:  "backends",
+	Usage: "list the PostgreSQL members, their roles and pools",
+	Flags: []cli.Flag{socketFlag, jsonFlag},
+	Action: func(c *cli.Context) error {
+		var v []BackendView
+		if err := newClient(c.String("socket")).do("GET", "/v1/backends", &v); err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return writeJSON(c.App.Writer, v)
+		}
+		printBackends(c.App.Writer, v, time.Now())
+		return nil
+	},
+	Subcommands: []*cli.Command{
+		{Name: "drain", Usage: "stop new flows to a member (existing flows stay)", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag},
+			Action: func(c *cli.Context) error { return memberAction(c, "drain") }},
+		{Name: "enable", Usage: "undo drain", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag},
+			Action: func(c *cli.Context) error { return memberAction(c, "enable") }},
+	},
+}
+
+func memberAction(c *cli.Context, action string) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("usage: xlb backends %s MEMBER", action)
+	}
+	name := c.Args().First()
+	if err := newClient(c.String("socket")).do("POST", "/v1/backends/"+name+"/"+action, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s: %sd\n", name, strings.TrimSuffix(action, "e"))
+	return nil
+}
+
+var statusCommand = &cli.Command{
+	Name:  "status",
+	Usage: "show the datapath: mode, interface, VIP, counters, drops by reason",
+	Flags: []cli.Flag{socketFlag, jsonFlag},
+	Action: func(c *cli.Context) error {
+		var v StatusView
+		if err := newClient(c.String("socket")).do("GET", "/v1/status", &v); err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return writeJSON(c.App.Writer, v)
+		}
+		printStatus(c.App.Writer, v)
+		return nil
+	},
+}
+
+func writeJSON(w io.Writer, v any) error {
+	e := json.NewEncoder(w)
+	e.SetIndent("", "  ")
+	return e.Encode(v)
+}
+
+func printBackends(w io.Writer, rows []BackendView, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tHOST\tROLE\tSTATE\tTL\tREPLAY LSN\tLAG\tPOOLS\tFLOWS\tPACKETS\tBYTES\tLAST CHECK")
+	for _, r := range rows {
+		lsn := r.ReplayLSN
+		if r.Role == "primary" {
+			lsn = r.WALLSN
+		}
+		lag := "-"
+		if r.Role == "replica" {
+			lag = (time.Duration(r.LagMS) * time.Millisecond).String()
+		}
+		pools := strings.Join(r.Pools, ",")
+		if pools == "" {
+			pools = "-"
+		}
+		check := "never"
+		if !r.LastCheck.IsZero() {
+			check = now.Sub(r.LastCheck).Round(time.Millisecond).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.Member, r.Host, r.Role, r.State,
+			r.Timeline, dash(lsn), lag, pools, r.Flows, r.Packets, humanBytes(r.Bytes), check)
+	}
+	tw.Flush()
+	for _, r := range rows {
+		if r.LastError != "" {
+			fmt.Fprintf(w, "%s: %s\n", r.Member, r.LastError)
+		}
+	}
+}
+
+func printStatus(w io.Writer, v StatusView) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "xlb\t%s, up %s\n", v.Version, v.Uptime)
+	fmt.Fprintf(tw, "datapath\txdp %s on %s, pinned at %s\n", v.Mode, v.Interface, v.PinPath)
+	fmt.Fprintf(tw, "vip\t%s (rw :%d, ro :%d), from %s ports %s\n", v.VIP, v.PortRW, v.PortRO, v.NodeAddress, v.SNATPorts)
+	fmt.Fprintf(tw, "writer\t%s\n", orNone(v.Writer))
+	fmt.Fprintf(tw, "readers\t%s\n", orNone(v.Readers))
+	fmt.Fprintf(tw, "flows\t%d active\n", v.Flows)
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tPACKETS\tBYTES\tNEW FLOWS\tRSTS\tDROPS")
+	for _, s := range []string{"rw", "ro"} {
+		c := v.Services[s]
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\n", s, c.Packets, humanBytes(c.Bytes), c.NewFlows, c.RSTs, c.DropTotal())
+	}
+	fmt.Fprintf(tw, "total\t%d\t%s\t%d\t%d\t%d\n", v.Total.Packets, humanBytes(v.Total.Bytes), v.Total.NewFlows, v.Total.RSTs, v.Total.DropTotal())
+	tw.Flush()
+	if len(v.Total.Drops) > 0 {
+		fmt.Fprintln(w, "\ndrops by reason:")
+		reasons := make([]string, 0, len(v.Total.Drops))
+		for r := range v.Total.Drops {
+			reasons = append(reasons, r)
+		}
+		slices.Sort(reasons)
+		for _, r := range reasons {
+			fmt.Fprintf(w, "  %-16s %d\n", r, v.Total.Drops[r])
+		}
+	}
+	if v.Total.NeighPass > 0 {
+		fmt.Fprintf(w, "\nSYNs passed to the kernel for neighbour resolution: %d\n", v.Total.NeighPass)
+	}
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func humanBytes(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}

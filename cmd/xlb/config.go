@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/xlb-dev/xlb/loader"
+)
+
+// Config is xlb run's configuration file; deploy/xlb.example.yaml documents
+// every field.
+type Config struct {
+	Interface             string         `yaml:"interface"`
+	XDPMode               string         `yaml:"xdp_mode"`
+	VIP                   string         `yaml:"vip"`
+	NodeAddress           string         `yaml:"node_address"`
+	Ports                 PortsConfig    `yaml:"ports"`
+	SNATPorts             string         `yaml:"snat_ports"`
+	PinPath               string         `yaml:"pin_path"`
+	Socket                string         `yaml:"socket"`
+	Postgres              PostgresConfig `yaml:"postgres"`
+	Probe                 ProbeConfig    `yaml:"probe"`
+	MaxReadLag            Duration       `yaml:"max_read_lag"`
+	ReadFallbackToPrimary *bool          `yaml:"read_fallback_to_primary"`
+	Nodes                 []NodeConfig   `yaml:"nodes"`
+
+	// Parsed forms, filled by validate.
+	vip, nodeAddr netip.Addr
+	snat          loader.PortRange
+	mode          loader.Mode
+	nodes         []netip.AddrPort
+}
+
+// PortsConfig holds the VIP's service ports.
+type PortsConfig struct {
+	RW uint16 `yaml:"rw"`
+	RO uint16 `yaml:"ro"`
+}
+
+// PostgresConfig holds how probes log in.
+type PostgresConfig struct {
+	User         string `yaml:"user"`
+	Database     string `yaml:"database"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// ProbeConfig holds the probe timing and hysteresis.
+type ProbeConfig struct {
+	Interval Duration `yaml:"interval"`
+	Timeout  Duration `yaml:"timeout"`
+	Fall     int      `yaml:"fall"`
+	Rise     int      `yaml:"rise"`
+}
+
+// NodeConfig is one PostgreSQL node.
+type NodeConfig struct {
+	Name     string `yaml:"name"`
+	Address  string `yaml:"address"`
+	Priority int    `yaml:"priority"`
+}
+
+// Duration is a time.Duration written as "500ms" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (like 500ms)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ConfigError is a bad configuration value; xlb exits with code 2.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("config: %s: %v", e.Field, e.Err) }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func fieldErr(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// LoadConfig reads, defaults and validates the configuration at path. Its
+// errors are *ConfigError naming the field.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ConfigError{Field: "--config", Err: err}
+	}
+	return parseConfig(b)
+}
+
+var yamlFieldRe = regexp.MustCompile(`field (\S+) not found in type main\.(\w+)`)
+
+func parseConfig(b []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		field := "(file)"
+		if m := yamlFieldRe.FindStringSubmatch(err.Error()); m != nil {
+			field = m[1]
+			return nil, &ConfigError{Field: field, Err: errors.New("unknown field")}
+		}
+		return nil, &ConfigError{Field: field, Err: err}
+	}
+	c.setDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Interface == "" {
+		c.Interface = "eth0"
+	}
+	if c.XDPMode == "" {
+		c.XDPMode = "auto"
+	}
+	if c.Ports.RW == 0 {
+		c.Ports.RW = 3000
+	}
+	if c.Ports.RO == 0 {
+		c.Ports.RO = 3001
+	}
+	if c.SNATPorts == "" {
+		c.SNATPorts = "20000-29999"
+	}
+	if c.PinPath == "" {
+		c.PinPath = loader.DefaultPinPath
+	}
+	if c.Socket == "" {
+		c.Socket = defaultSocket
+	}
+	if c.Probe.Interval == 0 {
+		c.Probe.Interval = Duration(500 * time.Millisecond)
+	}
+	if c.Probe.Timeout == 0 {
+		c.Probe.Timeout = Duration(300 * time.Millisecond)
+	}
+	if c.Probe.Fall == 0 {
+		c.Probe.Fall = 3
+	}
+	if c.Probe.Rise == 0 {
+		c.Probe.Rise = 2
+	}
+	if c.MaxReadLag == 0 {
+		c.MaxReadLag = Duration(30 * time.Second)
+	}
+	if c.ReadFallbackToPrimary == nil {
+		t := true
+		c.ReadFallbackToPrimary = &t
+	}
+}
+
+func (c *Config) validate() error {
+	var err error
+	if c.vip, err = netip.ParseAddr(c.VIP); err != nil || !c.vip.Is4() {
+		return fieldErr("vip", "%q is not an IPv4 address", c.VIP)
+	}
+	if c.nodeAddr, err = netip.ParseAddr(c.NodeAddress); err != nil || !c.nodeAddr.Is4() {
+		return fieldErr("node_address", "%q is not an IPv4 address", c.NodeAddress)
+	}
+	if c.nodeAddr == c.vip {
+		return fieldErr("node_address", "must differ from vip")
+	}
+	if c.mode, err = loader.ParseMode(c.XDPMode); err != nil {
+		return fieldErr("xdp_mode", "%q: want auto, native or generic", c.XDPMode)
+	}
+	if c.Ports.RW == c.Ports.RO {
+		return fieldErr("ports.ro", "same as ports.rw (%d)", c.Ports.RW)
+	}
+	if c.snat, err = parsePortRange(c.SNATPorts); err != nil {
+		return fieldErr("snat_ports", "%v", err)
+	}
+	if c.Postgres.User == "" {
+		return fieldErr("postgres.user", "required")
+	}
+	if c.Postgres.Database == "" {
+		return fieldErr("postgres.database", "required")
+	}
+	if c.Probe.Interval < Duration(10*time.Millisecond) {
+		return fieldErr("probe.interval", "%v is too short (at least 10ms)", time.Duration(c.Probe.Interval))
+	}
+	if c.Probe.Timeout <= 0 || c.Probe.Timeout > c.Probe.Interval*10 {
+		return fieldErr("probe.timeout", "%v: want more than 0 and at most 10 intervals", time.Duration(c.Probe.Timeout))
+	}
+	if c.Probe.Fall < 1 {
+		return fieldErr("probe.fall", "%d: want at least 1", c.Probe.Fall)
+	}
+	if c.Probe.Rise < 1 {
+		return fieldErr("probe.rise", "%d: want at least 1", c.Probe.Rise)
+	}
+	if c.MaxReadLag < 0 {
+		return fieldErr("max_read_lag", "negative")
+	}
+	if len(c.Nodes) == 0 {
+		return fieldErr("nodes", "at least one node is required")
+	}
+	names := map[string]bool{}
+	addrs := map[netip.AddrPort]bool{}
+	c.nodes = nil
+	for i, n := range c.Nodes {
+		f := fmt.Sprintf("nodes[%d]", i)
+		if n.Name == "" {
+			return fieldErr(f+".name", "required")
+		}
+		if names[n.Name] {
+			return fieldErr(f+".name", "%q used twice", n.Name)
+		}
+		names[n.Name] = true
+		ap, err := netip.ParseAddrPort(n.Address)
+		if err != nil || !ap.Addr().Is4() {
+			return fieldErr(f+".address", "%q is not an IPv4 address:port", n.Address)
+		}
+		if addrs[ap] {
+			return fieldErr(f+".address", "%v used twice", ap)
+		}
+		addrs[ap] = true
+		c.nodes = append(c.nodes, ap)
+	}
+	return nil
+}
+
+func parsePortRange(s string) (loader.PortRange, error) {
+	lo, hi, ok := strings.Cut(s, "-")
+	if !ok {
+		return loader.PortRange{}, fmt.Errorf("%q: want MIN-MAX", s)
+	}
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil || a == 0 || a > b {
+		return loader.PortRange{}, fmt.Errorf("%q: want MIN-MAX with 0 < MIN <= MAX <= 65535", s)
+	}
+	return loader.PortRange{Min: uint16(a), Max: uint16(b)}, nil
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/xlb-dev/xlb/loader"
+)
+
+const goodConfig = `
+interface: eth0
+vip: 172.20.0.100
+node_address: 172.20.0.21
+postgres:
+  user: ramos
+  database: ramos-test-db
+  password_file: /nonexistent
+nodes:
+  - name: pg1
+    address: 172.20.0.10:5432
+  - name: pg2
+    address: 172.20.0.11:5432
+`
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := parseConfig([]byte(goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := struct {
+		Mode     loader.Mode
+		RW, RO   uint16
+		SNAT     loader.PortRange
+		Interval time.Duration
+		Fall     int
+		Rise     int
+		Socket   string
+		Fallback bool
+	}{c.mode, c.Ports.RW, c.Ports.RO, c.snat, time.Duration(c.Probe.Interval), c.Probe.Fall, c.Probe.Rise, c.Socket, *c.ReadFallbackToPrimary}
+	want := got
+	want.Mode, want.RW, want.RO = loader.ModeAuto, 3000, 3001
+	want.SNAT = loader.PortRange{Min: 20000, Max: 29999}
+	want.Interval, want.Fall, want.Rise = 500*time.Millisecond, 3, 2
+	want.Socket, want.Fallback = defaultSocket, true
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("defaults (-want +got):\n%s", diff)
+	}
+}
+
+func TestExampleConfigParses(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/xlb.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseConfig(b); err != nil {
+		t.Fatalf("deploy/xlb.example.yaml: %v", err)
+	}
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	tests := []struct {
+		name, replace, with, field string
+	}{
+		{"bad vip", "vip: 172.20.0.100", "vip: 300.1.1.1", "vip"},
+		{"ipv6 vip", "vip: 172.20.0.100", "vip: ::1", "vip"},
+		{"missing node address", "node_address: 172.20.0.21", "", "node_address"},
+		{"node address is the vip", "node_address: 172.20.0.21", "node_address: 172.20.0.100", "node_address"},
+		{"bad mode", "interface: eth0", "interface: eth0\nxdp_mode: turbo", "xdp_mode"},
+		{"snat range reversed", "interface: eth0", "interface: eth0\nsnat_ports: 3000-2000", "snat_ports"},
+		{"snat not a range", "interface: eth0", "interface: eth0\nsnat_ports: lots", "snat_ports"},
+		{"same ports", "interface: eth0", "interface: eth0\nports:\n  rw: 3000\n  ro: 3000", "ports.ro"},
+		{"bad duration", "interface: eth0", "interface: eth0\nprobe:\n  interval: fast", "(file)"},
+		{"timeout zero after defaults", "interface: eth0", "interface: eth0\nprobe:\n  timeout: -1s", "probe.timeout"},
+		{"unknown field", "interface: eth0", "interface: eth0\nvipp: 1.2.3.4", "vipp"},
+		{"no user", "  user: ramos\n", "", "postgres.user"},
+		{"node without name", "  - name: pg2\n", "  - name: \"\"\n", "nodes[1].name"},
+		{"duplicate name", "  - name: pg2\n", "  - name: pg1\n", "nodes[1].name"},
+		{"bad node address", "address: 172.20.0.11:5432", "address: pg2", "nodes[1].address"},
+		{"duplicate address", "address: 172.20.0.11:5432", "address: 172.20.0.10:5432", "nodes[1].address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(goodConfig, tt.replace) {
+				t.Fatalf("test broken: %q not in config", tt.replace)
+			}
+			_, err := parseConfig([]byte(strings.Replace(goodConfig, tt.replace, tt.with, 1)))
+			ce, ok := err.(*ConfigError)
+			if !ok {
+				t.Fatalf("got %v, want a *ConfigError", err)
+			}
+			if ce.Field != tt.field {
+				t.Fatalf("field %q (%v), want %q", ce.Field, err, tt.field)
+			}
+		})
+	}
+}
+
+// TestRunExitCodes runs `xlb run` on bad input: exit 2 and the field named
+// on stderr, before anything is loaded.
+func TestRunExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(strings.Replace(goodConfig, "vip: 172.20.0.100", "vip: nope", 1)), 0o600)
+	nopw := filepath.Join(dir, "nopw.yaml")
+	os.WriteFile(nopw, []byte(goodConfig), 0o600)
+	tests := []struct {
+		name  string
+		args  []string
+		code  int
+		field string
+	}{
+		{"bad config", []string{"xlb", "run", "--config", bad}, 2, "vip"},
+		{"missing password file", []string{"xlb", "run", "--config", nopw}, 2, "postgres.password_file"},
+		{"missing config file", []string{"xlb", "run", "--config", filepath.Join(dir, "none.yaml")}, 2, "--config"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			if code := run(tt.args, &stderr); code != tt.code {
+				t.Fatalf("exit %d, want %d; stderr: %s", code, tt.code, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.field) {
+				t.Fatalf("stderr %q does not name %s", stderr.String(), tt.field)
+			}
+		})
+	}
+}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/xlb-dev/xlb/control"
+	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/loader"
+)
+
+const defaultSocket = "/run/xlb/xlb.sock"
+
+var runCommand = &cli.Command{
+	Name:  "run",
+	Usage: "run the daemon: attach the datapath, probe the nodes, keep the pools true",
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: "/etc/xlb/xlb.yaml", Usage: "configuration file"},
+		&cli.BoolFlag{Name: "unload-on-exit", Usage: "detach and unpin the datapath on exit (default: keep it, so a restart keeps every flow)"},
+		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
+	},
+	Action: func(c *cli.Context) error {
+		switch c.String("log-format") {
+		case "json":
+			slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+		case "text":
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+		default:
+			return &ConfigError{Field: "--log-format", Err: fmt.Errorf("%q: want text or json", c.String("log-format"))}
+		}
+		cfg, err := LoadConfig(c.String("config"))
+		if err != nil {
+			return err
+		}
+		password, err := health.PasswordFrom(cfg.Postgres.PasswordFile, "XLB_PG_PASSWORD", "PGPASSWORD")
+		if err != nil {
+			return &ConfigError{Field: "postgres.password_file", Err: err}
+		}
+		ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return runDaemon(ctx, cfg, password, c.Bool("unload-on-exit"))
+	},
+}
+
+// daemon is a running xlb: the datapath, the controller and their views.
+type daemon struct {
+	cfg     *Config
+	dp      *loader.Datapath
+	ctl     *control.Controller
+	mode    loader.Mode
+	started time.Time
+}
+
+func runDaemon(ctx context.Context, cfg *Config, password string, unload bool) error {
+	dp, err := loader.Load(loader.Config{
+		VIP:       cfg.vip,
+		PortRW:    cfg.Ports.RW,
+		PortRO:    cfg.Ports.RO,
+		SNATAddr:  cfg.nodeAddr,
+		SNATPorts: cfg.snat,
+		PinPath:   cfg.PinPath,
+	})
+	if errors.Is(err, loader.ErrSNATOverlap) {
+		return &ConfigError{Field: "snat_ports", Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if unload {
+			if err := dp.Unpin(); err != nil {
+				slog.Error("unpinning", "err", err)
+			}
+		}
+		dp.Close()
+	}()
+	if err := loader.EnableForwarding(cfg.Interface); err != nil {
+		return err
+	}
+	mode, err := dp.Attach(cfg.Interface, cfg.mode)
+	if err != nil {
+		return err
+	}
+	slog.Info("datapath attached", "interface", cfg.Interface, "mode", mode, "vip", cfg.vip,
+		"ports", fmt.Sprintf("%d/%d", cfg.Ports.RW, cfg.Ports.RO), "snat", cfg.SNATPorts, "pin_path", cfg.PinPath)
+
+	nodes := make([]control.Node, len(cfg.Nodes))
+	targets := make([]health.Target, len(cfg.Nodes))
+	for i, n := range cfg.Nodes {
+		nodes[i] = control.Node{Name: n.Name, Addr: cfg.nodes[i], Priority: n.Priority}
+		targets[i] = health.Target{Name: n.Name, Addr: cfg.nodes[i], User: cfg.Postgres.User,
+			Database: cfg.Postgres.Database, Password: password}
+	}
+	ctl := control.New(control.Config{
+		Fall:         cfg.Probe.Fall,
+		Rise:         cfg.Probe.Rise,
+		MaxReadLag:   time.Duration(cfg.MaxReadLag),
+		ReadFallback: *cfg.ReadFallbackToPrimary,
+	}, nodes, poolWriter{dp}, time.Now)
+	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now()}
+
+	srv, err := serveAPI(cfg.Socket, d)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	obs := make(chan health.Observation, 64)
+	go health.Watch(ctx, targets, time.Duration(cfg.Probe.Interval), time.Duration(cfg.Probe.Timeout), obs)
+	slog.Info("xlb running", "nodes", len(nodes), "socket", cfg.Socket, "version", version)
+	for {
+		select {
+		case <-ctx.Done():
+			slog.Info("stopping", "unload", unload)
+			return nil
+		case o := <-obs:
+			if err := ctl.Observe(toControl(o)); err != nil {
+				slog.Error("applying decision", "node", o.Node, "err", err)
+			}
+		}
+	}
+}
+
+func toControl(o health.Observation) control.Observation {
+	return control.Observation{
+		Node:       o.Node,
+		Time:       o.Time,
+		Err:        o.Err,
+		InRecovery: o.InRecovery,
+		Timeline:   o.Timeline,
+		WALLSN:     uint64(o.WALLSN),
+		ReplayLSN:  uint64(o.ReplayLSN),
+		ReplayLag:  o.ReplayLag,
+		Latency:    o.Latency,
+	}
+}
+
+// poolWriter writes the controller's pools into the datapath.
+type poolWriter struct{ dp *loader.Datapath }
+
+func (p poolWriter) SetPool(svc control.Service, b []netip.AddrPort) error {
+	s := loader.RW
+	if svc == control.RO {
+		s = loader.RO
+	}
+	return p.dp.SetBackends(s, b)
+}
+
+func (p poolWriter) Cut(b netip.AddrPort) error {
+	n, err := p.dp.RemoveBackend(b)
+	if errors.Is(err, loader.ErrUnknownBackend) {
+		return nil
+	}
+	if err == nil {
+		slog.Info("flows cut", "backend", b, "entries", n)
+	}
+	return err
+}
