@@ -2,7 +2,7 @@
 GO ?= go
 BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
 
-.PHONY: all generate build test test-unit bench lab lab-down fuzz clean
+.PHONY: all generate build test bench lab fuzz clean
 
 all: build
 
@@ -27,10 +27,18 @@ bench:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDatapath -fuzztime 60s ./loader/
 
-## lab: bring up the lab and run the demo (arrives with the daemon)
-lab: build
-	@echo "make lab: the lab arrives with the daemon issue; nothing to run yet" >&2
-	@exit 1
+## lab: as root on Debian 12: install what the lab needs, build bin/xlb, rebuild the lab, run the demo
+lab:
+	@if [ "$$(id -u)" != 0 ]; then echo "make lab: needs root (network namespaces, BPF)" >&2; exit 1; fi
+	@command -v $(GO) >/dev/null || { echo "make lab: $(GO) not found: install Go (version in go.mod)" >&2; exit 1; }
+	@echo "make lab: checking packages (deploy/lab/lab-deps.sh)"
+	@sh deploy/lab/lab-deps.sh || { echo "make lab: installing the lab's packages failed" >&2; exit 1; }
+	@echo "make lab: building bin/xlb"
+	@$(MAKE) --no-print-directory build || { echo "make lab: building bin/xlb failed" >&2; exit 1; }
+	@echo "make lab: removing any earlier lab (bin/xlb lab down)"
+	@bin/xlb lab down || { echo "make lab: bin/xlb lab down failed" >&2; exit 1; }
+	@echo "make lab: bringing the lab up (bin/xlb lab up --demo)"
+	@bin/xlb lab up --demo || { echo "make lab: bin/xlb lab up --demo failed; it tore down what it built" >&2; exit 1; }
 
 clean:
 	rm -rf bin

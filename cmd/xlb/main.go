@@ -28,6 +28,7 @@ func run(args []string, stderr io.Writer) int {
 			runCommand,
 			backendsCommand,
 			statusCommand,
+			labCommand,
 			{
 				Name:  "version",
 				Usage: "print the version",

@@ -29,7 +29,7 @@
 //
 // # Needs
 //
-// Root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2's ip, ethtool, ping, and
+// Root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2's ip, ethtool, and
 // PostgreSQL 15 at PostgresBin with a postgres OS user. Nothing here touches
 // the root namespace's interfaces, routes or sysctls.
 //
@@ -39,6 +39,8 @@
 // stack sends carries CHECKSUM_PARTIAL, and after an XDP_TX nothing finishes
 // the checksum. Native XDP_TX on a host's veth is dropped unless the
 // bridge-side peer (Node.Peer, in the sw namespace) has an XDP program too;
-// attaching one (loader.AttachPass) is the caller's job, so this package
-// needs no BPF.
+// NewTopology leaves attaching one (loader.AttachPass) to its caller; Up
+// attaches and pins one under /sys/fs/bpf/<prefix>lab so it outlives
+// `xlb lab up`, and keeps its state (PIDs, configs, logs) in
+// /run/xlb-lab/<prefix>.
 package lab

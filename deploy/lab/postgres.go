@@ -266,6 +266,8 @@ func (p *Postgres) start(ctx context.Context) error {
 	}
 	defer logf.Close() // the child has its own copy
 	cmd := p.asPostgres(context.Background(), "postgres", "-D", p.DataDir)
+	// Its own process group: a Ctrl-C meant for the caller must not stop it.
+	cmd.SysProcAttr.Setpgid = true
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := startIn(p.NS, cmd); err != nil {
 		return fmt.Errorf("starting postgres in %s: %w", nsName(p.NS), err)
