@@ -157,15 +157,21 @@ func (r *recorder) next(ctx context.Context, t *testing.T, from int, node, what 
 	}
 }
 
-// watchAll runs Watch on targets until cleanup, recording what it sends.
+// watchAll runs WatchWith on targets until cleanup, recording what it
+// sends. Without the sentinel unless o says otherwise, so the reprobe
+// rules are what the subtests see.
 func watchAll(t *testing.T, targets []Target, interval time.Duration) *recorder {
+	return watchOpts(t, targets, WatchOptions{Interval: interval, Timeout: timeout, NoSentinel: true})
+}
+
+func watchOpts(t *testing.T, targets []Target, o WatchOptions) *recorder {
 	ctx, cancel := context.WithCancel(context.Background())
 	out := make(chan Observation)
 	rec := newRecorder()
 	recDone := make(chan struct{})
 	go func() { rec.run(out); close(recDone) }()
 	done := make(chan struct{})
-	go func() { Watch(ctx, targets, interval, timeout, out); close(done) }()
+	go func() { WatchWith(ctx, targets, o, out); close(done) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -333,6 +339,33 @@ func TestCluster(t *testing.T) {
 		t.Logf("replica streaming again seen %v after the primary accepted connections", streaming.Time.Sub(ready))
 	})
 
+	t.Run("sentinel sees a stop at once", func(t *testing.T) {
+		const long = 3 * time.Second
+		srec := watchOpts(t, []Target{c.pg1}, WatchOptions{Interval: long, Timeout: timeout, FastInterval: 20 * time.Millisecond})
+		srec.next(ctx, t, 0, "pg1", "reachable", ok)
+		// Let the sentinel connect (it dials next to the first probe): the
+		// subtests' watcher's probe, this one's probe and its sentinel.
+		super := superConn(ctx, t, c.primary)
+		if !pollUntil(5*time.Second, func() bool { n, _ := xlbSessions(ctx, super); return n >= 3 }) {
+			t.Fatal("the sentinel connection never showed up in pg_stat_activity")
+		}
+		from := srec.mark()
+		stopped := time.Now()
+		if err := c.primary.StopImmediate(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		down, _ := srec.next(ctx, t, from, "pg1", "an error", func(o Observation) bool { return o.Err != nil })
+		d := down.Time.Sub(stopped)
+		t.Logf("with the sentinel, primary down reported %v after the stop (probe interval %v)", d, long)
+		if d > long/2 {
+			t.Errorf("primary down reported %v after the stop: the sentinel did not wake the prober (interval %v)", d, long)
+		}
+		if err := c.primary.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		srec.next(ctx, t, srec.mark(), "pg1", "reachable again", ok)
+	})
+
 	t.Run("restart between probes", func(t *testing.T) {
 		// With a long interval, a restart fits between two probes: the
 		// next probe finds its connection broken and the server up, and
@@ -387,4 +420,23 @@ func TestCluster(t *testing.T) {
 			t.Errorf("old primary (-want +got):\n%s", diff)
 		}
 	})
+}
+
+// xlbSessions counts the sessions xlb's probes hold on the server.
+func xlbSessions(ctx context.Context, super *pgx.Conn) (int, error) {
+	var n int
+	err := super.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", ApplicationName).Scan(&n)
+	return n, err
+}
+
+// pollUntil polls cond every 20 ms until it holds or d passes.
+func pollUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
 }

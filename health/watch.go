@@ -20,19 +20,48 @@ import (
 // Err means the node itself failed. A probe that timed out is not repeated,
 // so a hung node reports within one timeout.
 func Watch(ctx context.Context, targets []Target, interval, timeout time.Duration, out chan<- Observation) {
+	WatchWith(ctx, targets, WatchOptions{Interval: interval, Timeout: timeout}, out)
+}
+
+// WatchOptions tunes WatchWith.
+type WatchOptions struct {
+	Interval time.Duration // between probes of a healthy node
+	Timeout  time.Duration // one probe's bound
+	// FastInterval is the pace after a failed probe, until one succeeds, so
+	// a down node is confirmed in a few fast probes rather than intervals;
+	// default Interval/10, at least 10 ms.
+	FastInterval time.Duration
+	// NoSentinel turns off the sentinel connection (see WatchWith).
+	NoSentinel bool
+}
+
+// WatchWith is Watch with options. Besides the probe connection, each
+// target gets a sentinel connection that sits idle waiting for the server
+// to speak; when the server dies its sockets close, the sentinel's read
+// fails and the target is probed at once, so a killed postmaster is seen
+// in milliseconds instead of up to an interval.
+func WatchWith(ctx context.Context, targets []Target, o WatchOptions, out chan<- Observation) {
+	if o.FastInterval <= 0 {
+		o.FastInterval = max(o.Interval/10, 10*time.Millisecond)
+	}
 	var wg sync.WaitGroup
 	for _, t := range targets {
-		wg.Go(func() { watch(ctx, NewProber(t, timeout), interval, out) })
+		wake := make(chan struct{}, 1)
+		if !o.NoSentinel {
+			wg.Go(func() { sentinel(ctx, t, o, wake) })
+		}
+		wg.Go(func() { watch(ctx, NewProber(t, o.Timeout), o, wake, out) })
 	}
 	wg.Wait()
 }
 
-// watch is Watch for one prober.
-func watch(ctx context.Context, p *Prober, interval time.Duration, out chan<- Observation) {
+// watch is WatchWith for one prober.
+func watch(ctx context.Context, p *Prober, o WatchOptions, wake <-chan struct{}, out chan<- Observation) {
 	defer p.Close()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
+	timer := time.NewTimer(o.Interval)
+	defer timer.Stop()
 	for {
+		start := time.Now()
 		obs, retry := p.probe(ctx)
 		if retry && ctx.Err() == nil {
 			slog.Debug("reprobing on a new connection", "node", obs.Node, "err", obs.Err)
@@ -46,8 +75,44 @@ func watch(ctx context.Context, p *Prober, interval time.Duration, out chan<- Ob
 		case <-ctx.Done():
 			return
 		}
+		next := o.Interval
+		if obs.Err != nil {
+			next = o.FastInterval
+		}
+		timer.Reset(max(next-time.Since(start), 0))
 		select {
-		case <-tick.C:
+		case <-timer.C:
+		case <-wake:
+			slog.Debug("sentinel woke the prober", "node", obs.Node)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// sentinel keeps an idle connection to t and wakes the prober when it
+// breaks. While t is unreachable it retries every interval.
+func sentinel(ctx context.Context, t Target, o WatchOptions, wake chan<- struct{}) {
+	p := NewProber(t, o.Timeout)
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		conn, err := p.connect(cctx)
+		cancel()
+		if err == nil {
+			// Blocks until the server sends something or the socket
+			// closes; nothing is ever LISTENed to, so only closing ends it.
+			err = conn.PgConn().WaitForNotification(ctx)
+			conn.Close(context.Background())
+			if ctx.Err() != nil {
+				return
+			}
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+		select {
+		case <-time.After(o.Interval):
 		case <-ctx.Done():
 			return
 		}
