@@ -62,9 +62,12 @@ type Observation struct {
 	InRecovery bool
 	Timeline   uint32
 	WALLSN     uint64 // primary: current WAL position
+	ReceiveLSN uint64 // replica: WAL received and flushed
 	ReplayLSN  uint64 // replica: replayed WAL position
 	ReplayLag  time.Duration
 	Latency    time.Duration
+	Streaming  bool   // replica: its WAL receiver streams
+	Upstream   string // replica: host:port it streams from
 }
 
 // Datapath is where pools go: the loader in xlb, a fake in tests.
@@ -81,6 +84,31 @@ type Config struct {
 	Rise         int           // good probes to come up; default 2
 	MaxReadLag   time.Duration // replicas further behind take no reads; 0 = no limit
 	ReadFallback bool          // reads go to the primary when no replica can take them
+	// Failover promotes a replica when the primary is down.
+	Failover bool
+	// MaxLagOnFailover refuses a candidate more than this many bytes of WAL
+	// behind the old primary's last known position; 0 = no limit.
+	MaxLagOnFailover uint64
+	// Synchronous makes xlb manage synchronous_standby_names (ANY 1 over the
+	// streaming replicas) and promote only a replica that provably holds
+	// every acknowledged commit.
+	Synchronous bool
+	// ActionTimeout bounds one promotion or reconfiguration; default 10 s.
+	ActionTimeout time.Duration
+}
+
+// Options are the controller's outputs and clock.
+type Options struct {
+	Datapath Datapath
+	Promoter Promoter // nil: never promotes
+	// Owner reports whether this node owns the VIP: only the owner
+	// promotes. nil: always.
+	Owner func() bool
+	// Wake asks for immediate probes of the named nodes. nil: no-op.
+	Wake func(names ...string)
+	// Go runs follow-up work (repointing replicas); nil runs it inline.
+	Go  func(func())
+	Now func() time.Time
 }
 
 // Member is a node and what the controller knows of it.
@@ -96,14 +124,21 @@ type Member struct {
 	Latency    time.Duration `json:"latency"`
 	LastCheck  time.Time     `json:"last_check"`
 	LastError  string        `json:"last_error,omitempty"`
+	ReceiveLSN uint64        `json:"receive_lsn"`
+	Streaming  bool          `json:"streaming"`
+	Upstream   string        `json:"upstream,omitempty"`
 	Pools      []Service     `json:"pools"`
 	Conflict   bool          `json:"conflict,omitempty"` // claims primary but is not the writer
+	Fenced     bool          `json:"fenced,omitempty"`   // claims primary on an old timeline
 	fails, oks int
+	failSince  time.Time // first failure of the current streak
+	seenAt     time.Time // last good probe
 }
 
 // Controller turns observations into pools.
 type Controller struct {
 	cfg Config
+	o   Options
 	dp  Datapath
 	now func() time.Time
 
@@ -111,18 +146,53 @@ type Controller struct {
 	members []*Member
 	pools   [2][]netip.AddrPort
 	written bool
+
+	latestTL  uint32    // newest timeline seen or made
+	writer    *Member   // the node that takes writes, kept while it is down
+	busy      bool      // a promotion or switchover is under way
+	reason    string    // why the cluster has no writer, for xlb status
+	events    []Event   // failovers and switchovers, newest last
+	promoSet  []string  // sync mode: nodes that hold every acknowledged commit
+	pending   *syncStep // sync mode: a set written, not yet caught up
+	syncNames []string  // sync mode: synchronous_standby_names as last written
+	holdRW    bool      // switchover: no writer until the target is promoted
 }
 
-// New returns a controller for nodes that writes to dp. now is the clock
-// (time.Now in xlb).
-func New(cfg Config, nodes []Node, dp Datapath, now func() time.Time) *Controller {
+// Event is a failover or switchover, for xlb status.
+type Event struct {
+	Time    time.Time     `json:"time"`
+	Kind    string        `json:"kind"` // "failover", "switchover"
+	From    string        `json:"from,omitempty"`
+	To      string        `json:"to,omitempty"`
+	Took    time.Duration `json:"took"`
+	LostLSN uint64        `json:"lost_bytes"` // async mode: WAL the old primary had beyond the candidate
+	Err     string        `json:"error,omitempty"`
+}
+
+// New returns a controller for nodes with the outputs in o.
+func New(cfg Config, nodes []Node, o Options) *Controller {
 	if cfg.Fall <= 0 {
 		cfg.Fall = 3
 	}
 	if cfg.Rise <= 0 {
 		cfg.Rise = 2
 	}
-	c := &Controller{cfg: cfg, dp: dp, now: now}
+	if cfg.ActionTimeout <= 0 {
+		cfg.ActionTimeout = 10 * time.Second
+	}
+	if o.Owner == nil {
+		o.Owner = func() bool { return true }
+	}
+	if o.Wake == nil {
+		o.Wake = func(...string) {}
+	}
+	if o.Go == nil {
+		o.Go = func(f func()) { f() }
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	c := &Controller{cfg: cfg, o: o, dp: o.Datapath, now: o.Now}
 	for _, n := range nodes {
 		c.members = append(c.members, &Member{Node: n, Role: RoleUnknown, Health: HealthUnknown})
 	}
@@ -138,20 +208,36 @@ func (c *Controller) member(name string) *Member {
 	return nil
 }
 
-// Observe takes one probe result, updates the node and writes any pool
-// change to the datapath. It returns the datapath's error, or
-// ErrUnknownNode.
+// Observe takes one probe result, updates the node, writes any pool change
+// to the datapath and, when the primary is down, may promote a replica
+// (before it returns). It returns the datapath's error, or ErrUnknownNode.
 func (c *Controller) Observe(o Observation) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	m := c.member(o.Node)
 	if m == nil {
+		c.mu.Unlock()
 		return fmt.Errorf("observing %q: %w", o.Node, ErrUnknownNode)
 	}
+	c.update(m, o)
+	err := c.apply()
+	c.trackSync(m)
+	plan := c.planFailover()
+	c.mu.Unlock()
+	if plan != nil {
+		c.failover(plan)
+	}
+	return err
+}
+
+// update records o in m.
+func (c *Controller) update(m *Member, o Observation) {
 	m.LastCheck = o.Time
 	if o.Err != nil {
 		m.LastError = o.Err.Error()
 		m.oks = 0
+		if m.fails == 0 {
+			m.failSince = o.Time
+		}
 		m.fails++
 		switch {
 		case m.Health == HealthUnknown:
@@ -162,11 +248,16 @@ func (c *Controller) Observe(o Observation) error {
 			m.Health = HealthDown
 			slog.Warn("node down", "node", m.Name, "fails", m.fails, "err", o.Err)
 		}
-		return c.apply()
+		if m == c.writer && c.cfg.Failover && m.fails == 1 {
+			// Witnesses: have the replicas say now whether they lost it too.
+			c.o.Wake(c.replicaNames()...)
+		}
+		return
 	}
 	m.LastError = ""
 	m.fails = 0
 	m.oks++
+	m.seenAt = o.Time
 	role := RolePrimary
 	if o.InRecovery {
 		role = RoleReplica
@@ -177,9 +268,15 @@ func (c *Controller) Observe(o Observation) error {
 	m.Role = role
 	m.Timeline = o.Timeline
 	m.WALLSN = o.WALLSN
+	m.ReceiveLSN = o.ReceiveLSN
 	m.ReplayLSN = o.ReplayLSN
 	m.ReplayLag = o.ReplayLag
 	m.Latency = o.Latency
+	m.Streaming = o.Streaming
+	m.Upstream = o.Upstream
+	if o.Timeline > c.latestTL {
+		c.latestTL = o.Timeline
+	}
 	switch {
 	case m.Health == HealthUnknown:
 		// First contact at start-up: route at once.
@@ -189,7 +286,16 @@ func (c *Controller) Observe(o Observation) error {
 		m.Health = HealthUp
 		slog.Info("node up", "node", m.Name, "role", role, "oks", m.oks)
 	}
-	return c.apply()
+}
+
+func (c *Controller) replicaNames() []string {
+	var out []string
+	for _, m := range c.members {
+		if m.Role == RoleReplica {
+			out = append(out, m.Name)
+		}
+	}
+	return out
 }
 
 // Drain stops new flows to the node named name; its flows stay.
@@ -237,20 +343,29 @@ type decision struct {
 }
 
 // decide applies the rules to members. It is pure.
-func decide(cfg Config, members []*Member) decision {
+//
+// A primary on a timeline older than latestTL is fenced: never in a pool.
+// Among the others the newest timeline writes, then the current writer,
+// then priority and name, so every controller that sees the same cluster
+// picks the same node.
+func decide(cfg Config, members []*Member, latestTL uint32, current *Member) decision {
 	var d decision
 	var primaries []*Member
 	for _, m := range members {
-		if m.Health == HealthUp && m.Role == RolePrimary {
+		if m.Health == HealthUp && m.Role == RolePrimary && m.Timeline >= latestTL {
 			primaries = append(primaries, m)
 		}
 	}
 	if len(primaries) > 0 {
-		// Newest timeline wins; then priority; then name, so every
-		// controller that sees the same cluster picks the same node.
 		slices.SortFunc(primaries, func(a, b *Member) int {
 			if c := cmp.Compare(b.Timeline, a.Timeline); c != 0 {
 				return c
+			}
+			if a == current || b == current {
+				if a == current {
+					return -1
+				}
+				return 1
 			}
 			if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
 				return c
@@ -293,9 +408,19 @@ func (c *Controller) apply() error {
 			}
 		}
 	}
-	d := decide(c.cfg, c.members)
+	d := decide(c.cfg, c.members, c.latestTL, c.writer)
+	if c.holdRW {
+		d.pools[RW] = nil
+	} else if d.writer != nil {
+		if d.writer != c.writer {
+			slog.Info("writer", "node", d.writer.Name, "timeline", d.writer.Timeline)
+		}
+		c.writer = d.writer
+		c.reason = ""
+	}
 	for _, m := range c.members {
 		m.Conflict = slices.Contains(d.conflict, m)
+		m.Fenced = m.Health == HealthUp && m.Role == RolePrimary && m.Timeline < c.latestTL
 		m.Pools = m.Pools[:0]
 		for _, svc := range []Service{RW, RO} {
 			if slices.Contains(d.pools[svc], m.Addr) {
@@ -340,10 +465,10 @@ func (c *Controller) apply() error {
 // roleLeft reports whether m no longer has the role that svc needs.
 func (c *Controller) roleLeft(m *Member, svc Service) bool {
 	if svc == RW {
-		return m.Role != RolePrimary || m.Conflict
+		return m.Role != RolePrimary || m.Conflict || m.Fenced
 	}
 	// A primary serving reads as fallback keeps them when replicas return.
-	return m.Role != RoleReplica && m.Role != RolePrimary
+	return m.Fenced || (m.Role != RoleReplica && m.Role != RolePrimary)
 }
 
 func (c *Controller) byAddr(b netip.AddrPort) *Member {

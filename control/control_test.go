@@ -137,7 +137,7 @@ func TestPools(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			fd := &fakeDatapath{}
 			clock := time.Unix(1_700_000_000, 0)
-			c := New(tt.cfg, []Node{pg1, pg2, pg3}, fd, func() time.Time { return clock })
+			c := New(tt.cfg, []Node{pg1, pg2, pg3}, Options{Datapath: fd, Now: func() time.Time { return clock }})
 			for _, s := range tt.steps {
 				clock = clock.Add(500 * time.Millisecond)
 				var err error
@@ -180,7 +180,7 @@ func TestPools(t *testing.T) {
 }
 
 func TestUnknownNode(t *testing.T) {
-	c := New(Config{}, []Node{pg1}, &fakeDatapath{}, time.Now)
+	c := New(Config{}, []Node{pg1}, Options{Datapath: &fakeDatapath{}})
 	if err := c.Observe(Observation{Node: "pg9"}); !errors.Is(err, ErrUnknownNode) {
 		t.Fatalf("Observe(pg9) = %v, want ErrUnknownNode", err)
 	}

@@ -1,6 +1,14 @@
 package control
 
-import "context"
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+)
 
 // Promoter acts on PostgreSQL nodes for failover and switchover. xlb's
 // runs SQL over pgx (cmd/xlb); tests use a fake.
@@ -18,4 +26,339 @@ type Promoter interface {
 	// StopWrites makes primary p refuse writes (default_transaction_read_only,
 	// client sessions terminated) and returns its WAL position after that.
 	StopWrites(ctx context.Context, p Node) (lsn uint64, err error)
+}
+
+// plan is a promotion decided under the lock and carried out outside it.
+type plan struct {
+	cand, old *Member
+	lost      uint64 // async: bytes the old primary had beyond cand
+	lostAt    time.Time
+}
+
+// syncStep is a synchronous_standby_names change whose set has not yet
+// caught up with the primary's WAL at the time of the change.
+type syncStep struct {
+	set   []string
+	since time.Time
+	lsn   uint64 // primary's WAL position first seen after since; 0 = not yet
+}
+
+// lsnOf is how far a replica got: received (flushed) WAL, else replayed.
+func lsnOf(m *Member) uint64 { return max(m.ReceiveLSN, m.ReplayLSN) }
+
+// planFailover returns the promotion the rules call for now, or nil (and
+// says why in c.reason). Called with c.mu held.
+func (c *Controller) planFailover() *plan {
+	old := c.writer
+	if !c.cfg.Failover || c.o.Promoter == nil || c.busy || old == nil || old.Health != HealthDown {
+		return nil
+	}
+	for _, m := range c.members {
+		if m != old && m.Health == HealthUp && m.Role == RolePrimary && m.Timeline >= c.latestTL {
+			return nil // someone already writes
+		}
+	}
+	lostAt := old.failSince
+	say := func(format string, args ...any) *plan {
+		r := fmt.Sprintf(format, args...)
+		if r != c.reason {
+			slog.Warn("no failover", "primary", old.Name, "reason", r)
+		}
+		c.reason = r
+		return nil
+	}
+	if !c.o.Owner() {
+		return say("this node does not own the VIP; its owner promotes")
+	}
+	var cands []*Member
+	for _, m := range c.members {
+		if m == old || m.Health != HealthUp || m.Role != RoleReplica || m.Drained {
+			continue
+		}
+		if !m.seenAt.After(lostAt) {
+			c.o.Wake(m.Name)
+			return say("waiting for %s to be probed after %s failed", m.Name, old.Name)
+		}
+		if m.Streaming && m.Upstream == old.Addr.String() {
+			return say("%s still streams from %s: only this LB lost it, nobody is promoted", m.Name, old.Name)
+		}
+		cands = append(cands, m)
+	}
+	if c.cfg.Synchronous {
+		if len(c.promoSet) == 0 {
+			return say("no replica is known to hold every acknowledged commit (synchronous mode)")
+		}
+		var in []*Member
+		for _, name := range c.promoSet {
+			m := c.member(name)
+			if m == nil || !slices.Contains(cands, m) {
+				return say("synchronous replica %s is not available: it may hold commits the others lack", name)
+			}
+			in = append(in, m)
+		}
+		cands = in
+	}
+	if len(cands) == 0 {
+		return say("no healthy replica to promote")
+	}
+	slices.SortFunc(cands, func(a, b *Member) int {
+		if c := cmp.Compare(lsnOf(b), lsnOf(a)); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Name, b.Name)
+	})
+	cand := cands[0]
+	var lost uint64
+	if old.WALLSN > lsnOf(cand) {
+		lost = old.WALLSN - lsnOf(cand)
+	}
+	if !c.cfg.Synchronous && c.cfg.MaxLagOnFailover > 0 && lost > c.cfg.MaxLagOnFailover {
+		return say("%s is %d bytes behind %s, more than max_lag_on_failover (%d)", cand.Name, lost, old.Name, c.cfg.MaxLagOnFailover)
+	}
+	c.busy = true
+	c.reason = fmt.Sprintf("promoting %s", cand.Name)
+	return &plan{cand: cand, old: old, lost: lost, lostAt: lostAt}
+}
+
+// failover carries out p: promote, route writes, repoint the others.
+func (c *Controller) failover(p *plan) {
+	start := c.now()
+	slog.Warn("failover", "from", p.old.Name, "to", p.cand.Name, "lsn", lsnOf(p.cand), "may_lose_bytes", p.lost)
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+	err := c.o.Promoter.Promote(ctx, p.cand.Node)
+	cancel()
+	c.mu.Lock()
+	ev := Event{Time: start, Kind: "failover", From: p.old.Name, To: p.cand.Name, LostLSN: p.lost}
+	if err != nil {
+		c.busy = false
+		c.reason = fmt.Sprintf("promoting %s failed: %v", p.cand.Name, err)
+		ev.Err = err.Error()
+		ev.Took = c.now().Sub(start)
+		c.events = append(c.events, ev)
+		c.mu.Unlock()
+		slog.Error("failover failed", "to", p.cand.Name, "err", err)
+		return
+	}
+	c.promoted(p.cand)
+	ev.Took = c.now().Sub(start)
+	c.events = append(c.events, ev)
+	followers := c.followers(p.cand)
+	c.mu.Unlock()
+	slog.Warn("promoted", "node", p.cand.Name, "timeline", p.cand.Timeline, "took", ev.Took, "lost_bytes", p.lost)
+	c.o.Go(func() { c.repoint(p.cand, followers) })
+}
+
+// promoted records that m is now the primary and routes writes to it.
+// Called with c.mu held.
+func (c *Controller) promoted(m *Member) {
+	c.latestTL = max(c.latestTL, m.Timeline) + 1
+	m.Role, m.Timeline = RolePrimary, c.latestTL
+	m.Streaming, m.Upstream = false, ""
+	c.writer = m
+	c.busy, c.holdRW = false, false
+	c.reason = ""
+	// The old sync set described the old primary's standbys.
+	c.promoSet, c.pending, c.syncNames = nil, nil, nil
+	if err := c.apply(); err != nil {
+		slog.Error("routing writes", "node", m.Name, "err", err)
+	}
+}
+
+// followers lists the up replicas that must follow p. Called with c.mu held.
+func (c *Controller) followers(p *Member) []Node {
+	var out []Node
+	for _, m := range c.members {
+		if m != p && m.Health == HealthUp && m.Role == RoleReplica {
+			out = append(out, m.Node)
+		}
+	}
+	return out
+}
+
+// repoint makes every follower stream from p.
+func (c *Controller) repoint(p *Member, followers []Node) {
+	for _, n := range followers {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+		err := c.o.Promoter.Follow(ctx, n, p.Node)
+		cancel()
+		if err != nil {
+			slog.Error("repointing replica", "node", n.Name, "primary", p.Name, "err", err)
+			continue
+		}
+		slog.Info("replica follows", "node", n.Name, "primary", p.Name)
+	}
+}
+
+// trackSync keeps synchronous_standby_names on the writer equal to the
+// replicas streaming from it, and the promotable set true. Called with
+// c.mu held, after m was updated.
+func (c *Controller) trackSync(m *Member) {
+	w := c.writer
+	if !c.cfg.Synchronous || c.o.Promoter == nil || w == nil || w.Health != HealthUp || c.busy {
+		return
+	}
+	if p := c.pending; p != nil {
+		if m == w && p.lsn == 0 && m.seenAt.After(p.since) {
+			p.lsn = w.WALLSN
+		}
+		if p.lsn != 0 {
+			for _, name := range p.set {
+				r := c.member(name)
+				if r != nil && r.seenAt.After(p.since) && lsnOf(r) >= p.lsn {
+					slog.Info("synchronous set caught up", "set", p.set, "lsn", p.lsn)
+					c.promoSet, c.pending = p.set, nil
+					break
+				}
+			}
+		}
+	}
+	var want []string
+	for _, r := range c.members {
+		if r != w && r.Health == HealthUp && r.Role == RoleReplica && r.Streaming && r.Upstream == w.Addr.String() {
+			want = append(want, r.Name)
+		}
+	}
+	if slices.Equal(want, c.syncNames) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+	defer cancel()
+	if err := c.o.Promoter.SetSynchronous(ctx, w.Node, want); err != nil {
+		slog.Error("setting synchronous standbys", "primary", w.Name, "names", want, "err", err)
+		return
+	}
+	slog.Info("synchronous standbys", "primary", w.Name, "names", want)
+	c.syncNames = want
+	now := c.now()
+	switch {
+	case len(want) == 0:
+		c.promoSet, c.pending = nil, nil
+	case len(c.promoSet) == 0:
+		c.pending = &syncStep{set: want, since: now}
+	default:
+		union := slices.Clone(c.promoSet)
+		for _, n := range want {
+			if !slices.Contains(union, n) {
+				union = append(union, n)
+			}
+		}
+		c.promoSet = union
+		c.pending = &syncStep{set: want, since: now}
+	}
+}
+
+// ErrBusy means a promotion or switchover is already under way.
+var ErrBusy = errors.New("a failover or switchover is under way")
+
+// ErrNotReplica means a switchover target is not a healthy replica.
+var ErrNotReplica = errors.New("target is not a healthy replica")
+
+// Switchover hands the primary role to the replica named to without losing
+// a commit: writes stop on the old primary (its flows are cut and its
+// sessions ended), to replays up to the old primary's last WAL position,
+// is promoted and takes writes; the other replicas follow it. The old
+// primary stays fenced until it rejoins (xlb pg rejoin on its host).
+func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
+	c.mu.Lock()
+	target := c.member(to)
+	old := c.writer
+	switch {
+	case target == nil:
+		c.mu.Unlock()
+		return Event{}, fmt.Errorf("switching over to %q: %w", to, ErrUnknownNode)
+	case c.o.Promoter == nil:
+		c.mu.Unlock()
+		return Event{}, errors.New("switching over: no promoter")
+	case c.busy:
+		c.mu.Unlock()
+		return Event{}, ErrBusy
+	case target.Health != HealthUp || target.Role != RoleReplica:
+		c.mu.Unlock()
+		return Event{}, fmt.Errorf("switching over to %s: %w", to, ErrNotReplica)
+	case old == nil || old.Health != HealthUp:
+		c.mu.Unlock()
+		return Event{}, errors.New("switching over: no healthy primary to hand over from")
+	}
+	c.busy, c.holdRW = true, true
+	c.reason = fmt.Sprintf("switching over from %s to %s", old.Name, to)
+	start := c.now()
+	ev := Event{Time: start, Kind: "switchover", From: old.Name, To: to}
+	fail := func(err error) (Event, error) {
+		c.mu.Lock()
+		c.busy, c.holdRW = false, false
+		c.reason = fmt.Sprintf("switchover to %s failed: %v", to, err)
+		if err := c.apply(); err != nil {
+			slog.Error("restoring pools", "err", err)
+		}
+		ev.Err, ev.Took = err.Error(), c.now().Sub(start)
+		c.events = append(c.events, ev)
+		c.mu.Unlock()
+		return ev, err
+	}
+	// No new writes to the old primary, and its clients learn now.
+	errs := []error{c.dp.SetPool(RW, nil), c.dp.Cut(old.Addr)}
+	c.pools[RW] = nil
+	c.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return fail(fmt.Errorf("taking writes from %s: %w", old.Name, err))
+	}
+	lsn, err := c.o.Promoter.StopWrites(ctx, old.Node)
+	if err != nil {
+		return fail(fmt.Errorf("stopping writes on %s: %w", old.Name, err))
+	}
+	slog.Info("switchover: writes stopped", "node", old.Name, "lsn", lsn)
+	for {
+		c.mu.Lock()
+		got := lsnOf(target)
+		replayed := target.ReplayLSN
+		c.mu.Unlock()
+		if replayed >= lsn && got >= lsn {
+			break
+		}
+		c.o.Wake(to)
+		select {
+		case <-ctx.Done():
+			return fail(fmt.Errorf("waiting for %s to replay %d (at %d): %w", to, lsn, replayed, ctx.Err()))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := c.o.Promoter.Promote(ctx, target.Node); err != nil {
+		return fail(fmt.Errorf("promoting %s: %w", to, err))
+	}
+	c.mu.Lock()
+	c.promoted(target)
+	ev.Took = c.now().Sub(start)
+	c.events = append(c.events, ev)
+	followers := c.followers(target)
+	c.mu.Unlock()
+	slog.Warn("switched over", "from", old.Name, "to", to, "took", ev.Took)
+	c.o.Go(func() { c.repoint(target, followers) })
+	return ev, nil
+}
+
+// Status is the controller's view for xlb status.
+type Status struct {
+	Writer          string   `json:"writer,omitempty"`
+	Timeline        uint32   `json:"timeline"`
+	NoWriterReason  string   `json:"no_writer_reason,omitempty"`
+	Synchronous     bool     `json:"synchronous"`
+	SyncStandbys    []string `json:"sync_standbys,omitempty"`
+	PromotableNodes []string `json:"promotable,omitempty"`
+	Events          []Event  `json:"events,omitempty"`
+}
+
+// Status returns what the controller decided lately and why.
+func (c *Controller) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Status{Timeline: c.latestTL, NoWriterReason: c.reason, Synchronous: c.cfg.Synchronous,
+		SyncStandbys: slices.Clone(c.syncNames), PromotableNodes: slices.Clone(c.promoSet),
+		Events: slices.Clone(c.events)}
+	if c.writer != nil && len(c.pools[RW]) > 0 {
+		s.Writer = c.writer.Name
+	}
+	return s
 }

@@ -1,0 +1,309 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	gocmp "github.com/google/go-cmp/cmp"
+)
+
+// fakePromoter records actions; Promote fails when fail is set.
+type fakePromoter struct {
+	log      []string
+	fail     error
+	stopLSN  uint64
+	promoted []string
+}
+
+func (f *fakePromoter) Promote(_ context.Context, n Node) error {
+	f.log = append(f.log, "promote "+n.Name)
+	if f.fail != nil {
+		return f.fail
+	}
+	f.promoted = append(f.promoted, n.Name)
+	return nil
+}
+
+func (f *fakePromoter) Follow(_ context.Context, n, p Node) error {
+	f.log = append(f.log, fmt.Sprintf("follow %s->%s", n.Name, p.Name))
+	return nil
+}
+
+func (f *fakePromoter) SetSynchronous(_ context.Context, p Node, names []string) error {
+	f.log = append(f.log, fmt.Sprintf("sync %s %v", p.Name, names))
+	return nil
+}
+
+func (f *fakePromoter) StopWrites(_ context.Context, p Node) (uint64, error) {
+	f.log = append(f.log, "stopwrites "+p.Name)
+	return f.stopLSN, nil
+}
+
+// ev is one event of a failover sequence.
+type ev struct {
+	node  string
+	down  bool
+	rep   bool   // in recovery
+	tl    uint32 // default 1
+	lsn   uint64 // WALLSN for a primary, receive/replay for a replica
+	from  string // replica streams from this node ("" = not streaming)
+	owner *bool  // change VIP ownership before this event
+}
+
+func up(n string, lsn uint64) ev            { return ev{node: n, lsn: lsn} }
+func down(n string) ev                      { return ev{node: n, down: true} }
+func streams(n, from string, lsn uint64) ev { return ev{node: n, rep: true, from: from, lsn: lsn} }
+func lost(n string, lsn uint64) ev          { return ev{node: n, rep: true, lsn: lsn} }
+
+var healthy = []ev{up("pg1", 1000), streams("pg2", "pg1", 1000), streams("pg3", "pg1", 1000)}
+
+func evs(parts ...any) []ev {
+	var out []ev
+	for _, p := range parts {
+		switch p := p.(type) {
+		case ev:
+			out = append(out, p)
+		case []ev:
+			out = append(out, p...)
+		}
+	}
+	return out
+}
+
+func rep3(e ev) []ev { return []ev{e, e, e} }
+
+type rig struct {
+	c     *Controller
+	dp    *fakeDatapath
+	pr    *fakePromoter
+	owner bool
+	clock time.Time
+	woken []string
+}
+
+func newRig(cfg Config, nodes ...Node) *rig {
+	r := &rig{dp: &fakeDatapath{}, pr: &fakePromoter{}, owner: true, clock: time.Unix(1_700_000_000, 0)}
+	cfg.Failover = true
+	if len(nodes) == 0 {
+		nodes = []Node{pg1, pg2, pg3}
+	}
+	r.c = New(cfg, nodes, Options{Datapath: r.dp, Promoter: r.pr,
+		Owner: func() bool { return r.owner },
+		Wake:  func(n ...string) { r.woken = append(r.woken, n...) },
+		Now:   func() time.Time { return r.clock }})
+	return r
+}
+
+func (r *rig) addrOf(name string) string {
+	return r.c.member(name).Addr.String()
+}
+
+func (r *rig) run(t *testing.T, events []ev) {
+	t.Helper()
+	for _, e := range events {
+		if e.owner != nil {
+			r.owner = *e.owner
+			continue
+		}
+		r.clock = r.clock.Add(50 * time.Millisecond)
+		o := Observation{Node: e.node, Time: r.clock, InRecovery: e.rep, Timeline: max(e.tl, 1)}
+		if e.down {
+			o.Err = errors.New("connection refused")
+		} else if e.rep {
+			o.ReceiveLSN, o.ReplayLSN = e.lsn, e.lsn
+			if e.from != "" {
+				o.Streaming, o.Upstream = true, r.addrOf(e.from)
+			}
+		} else {
+			o.WALLSN = e.lsn
+		}
+		if err := r.c.Observe(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (r *rig) actions() []string {
+	var out []string
+	for _, l := range r.pr.log {
+		if !strings.HasPrefix(l, "sync ") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func TestFailover(t *testing.T) {
+	notOwner := false
+	tests := []struct {
+		name       string
+		cfg        Config
+		nodes      []Node
+		events     []ev
+		wantRW     string // writer address' node, "" for none
+		wantAct    []string
+		wantReason string // substring of Status().NoWriterReason
+	}{
+		{name: "primary dies: the most advanced replica is promoted, the other follows",
+			events: evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)),
+			wantRW: "pg3", wantAct: []string{"promote pg3", "follow pg2->pg3"}},
+		{name: "a blip shorter than the rule promotes nobody",
+			events: evs(healthy, down("pg1"), down("pg1"), lost("pg2", 1100), lost("pg3", 1100), up("pg1", 1100)),
+			wantRW: "pg1"},
+		{name: "LB loses the primary but the replicas still stream: nobody is promoted",
+			events: evs(healthy, rep3(down("pg1")), streams("pg2", "pg1", 1300), streams("pg3", "pg1", 1300)),
+			wantRW: "", wantReason: "still streams from pg1"},
+		{name: "replicas not probed since the primary failed: wait",
+			events: evs(healthy, rep3(down("pg1"))),
+			wantRW: "", wantReason: "waiting for pg2 to be probed"},
+		{name: "equal positions: priority, then name",
+			nodes:  []Node{pg1, pg2, {Name: "pg3", Addr: pg3.Addr, Priority: 5}},
+			events: evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1100)),
+			wantRW: "pg3", wantAct: []string{"promote pg3", "follow pg2->pg3"}},
+		{name: "equal positions and priorities: name",
+			events: evs(healthy, rep3(down("pg1")), lost("pg3", 1100), lost("pg2", 1100)),
+			wantRW: "pg2", wantAct: []string{"promote pg2", "follow pg3->pg2"}},
+		{name: "candidate too far behind: refused",
+			cfg:    Config{MaxLagOnFailover: 100},
+			events: evs(up("pg1", 5000), streams("pg2", "pg1", 1000), streams("pg3", "pg1", 1000), rep3(down("pg1")), lost("pg2", 1000), lost("pg3", 1000)),
+			wantRW: "", wantReason: "more than max_lag_on_failover"},
+		{name: "a node that does not own the VIP does not promote",
+			events: evs(healthy, ev{owner: &notOwner}, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1100)),
+			wantRW: "", wantReason: "does not own the VIP"},
+		{name: "no replica left: no failover",
+			events: evs(healthy, rep3(down("pg2")), rep3(down("pg3")), rep3(down("pg1"))),
+			wantRW: "", wantReason: "no healthy replica"},
+		{name: "old primary back on the old timeline is fenced",
+			events: evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200),
+				ev{node: "pg3", tl: 2, lsn: 1300}, up("pg1", 1150), up("pg1", 1150), up("pg1", 1150)),
+			wantRW: "pg3", wantAct: []string{"promote pg3", "follow pg2->pg3"}},
+		{name: "sync mode: no synchronous set yet, no failover",
+			cfg:    Config{Synchronous: true},
+			events: evs(up("pg1", 1000), lost("pg2", 900), lost("pg3", 900), rep3(down("pg1")), lost("pg2", 1000), lost("pg3", 1000)),
+			wantRW: "", wantReason: "no replica is known to hold every acknowledged commit"},
+		{name: "sync mode: caught-up set, the most advanced member is promoted",
+			cfg: Config{Synchronous: true},
+			events: evs(healthy, up("pg1", 1000), streams("pg2", "pg1", 1000), streams("pg3", "pg1", 1000),
+				rep3(down("pg1")), lost("pg2", 1000), lost("pg3", 1010)),
+			wantRW: "pg3", wantAct: []string{"promote pg3", "follow pg2->pg3"}},
+		{name: "sync mode: a member of the set is down: refused",
+			cfg: Config{Synchronous: true},
+			events: evs(healthy, up("pg1", 1000), streams("pg2", "pg1", 1000), streams("pg3", "pg1", 1000),
+				rep3(down("pg3")), rep3(down("pg1")), lost("pg2", 1000)),
+			wantRW: "", wantReason: "synchronous replica pg3 is not available"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(tt.cfg, tt.nodes...)
+			r.run(t, tt.events)
+			var got string
+			if rw := r.dp.pools[RW]; len(rw) == 1 {
+				got = r.c.byAddr(rw[0]).Name
+			} else if len(rw) > 1 {
+				t.Fatalf("%d writers: %v", len(rw), rw)
+			}
+			if got != tt.wantRW {
+				t.Errorf("writer %q, want %q (reason %q)", got, tt.wantRW, r.c.Status().NoWriterReason)
+			}
+			if diff := gocmp.Diff(tt.wantAct, r.actions()); diff != "" {
+				t.Errorf("actions (-want +got):\n%s", diff)
+			}
+			if reason := r.c.Status().NoWriterReason; !strings.Contains(reason, tt.wantReason) {
+				t.Errorf("reason %q, want it to say %q", reason, tt.wantReason)
+			}
+		})
+	}
+}
+
+func TestFencedNeverInAPool(t *testing.T) {
+	r := newRig(Config{})
+	r.run(t, evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200),
+		ev{node: "pg3", tl: 2, lsn: 1300}, up("pg1", 1150), up("pg1", 1150)))
+	m := r.c.member("pg1")
+	if !m.Fenced || len(m.Pools) != 0 {
+		t.Fatalf("old primary: fenced %v, pools %v; want fenced, no pools", m.Fenced, m.Pools)
+	}
+	for _, svc := range []Service{RW, RO} {
+		for _, b := range r.dp.pools[svc] {
+			if b == pg1.Addr {
+				t.Fatalf("fenced pg1 in the %v pool", svc)
+			}
+		}
+	}
+	// Rejoined as a replica of the new primary: back in the read pool.
+	r.run(t, []ev{streams("pg1", "pg3", 1300), streams("pg1", "pg3", 1300)})
+	if m := r.c.member("pg1"); m.Fenced || len(m.Pools) != 1 || m.Pools[0] != RO {
+		t.Fatalf("rejoined pg1: fenced %v, pools %v; want the read pool", m.Fenced, m.Pools)
+	}
+}
+
+func TestFailoverPromoteFails(t *testing.T) {
+	r := newRig(Config{})
+	r.pr.fail = errors.New("boom")
+	r.run(t, evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)))
+	st := r.c.Status()
+	if st.Writer != "" || !strings.Contains(st.NoWriterReason, "promoting pg3 failed") {
+		t.Fatalf("status %+v, want no writer and the failure said", st)
+	}
+	if len(st.Events) != 1 || st.Events[0].Err == "" {
+		t.Fatalf("events %+v, want one failed failover", st.Events)
+	}
+}
+
+func TestWitnessesWoken(t *testing.T) {
+	r := newRig(Config{})
+	r.run(t, evs(healthy, down("pg1")))
+	if diff := gocmp.Diff([]string{"pg2", "pg3"}, r.woken); diff != "" {
+		t.Fatalf("woken after the primary's first failure (-want +got):\n%s", diff)
+	}
+}
+
+func TestSwitchover(t *testing.T) {
+	r := newRig(Config{})
+	r.pr.stopLSN = 1000
+	r.run(t, healthy)
+	e, err := r.c.Switchover(context.Background(), "pg2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.From != "pg1" || e.To != "pg2" {
+		t.Fatalf("event %+v", e)
+	}
+	want := []string{"stopwrites pg1", "promote pg2", "follow pg3->pg2"}
+	if diff := gocmp.Diff(want, r.actions()); diff != "" {
+		t.Fatalf("actions (-want +got):\n%s", diff)
+	}
+	if rw := r.dp.pools[RW]; len(rw) != 1 || rw[0] != pg2.Addr {
+		t.Fatalf("writer %v, want pg2", rw)
+	}
+	if !strings.Contains(strings.Join(r.dp.log, " "), "cut "+pg1.Addr.String()) {
+		t.Fatalf("old primary's flows not cut: %v", r.dp.log)
+	}
+	// The old primary, still a primary on timeline 1, is fenced.
+	r.run(t, []ev{up("pg1", 1000)})
+	if !r.c.member("pg1").Fenced {
+		t.Fatal("old primary not fenced after the switchover")
+	}
+	if _, err := r.c.Switchover(context.Background(), "pg1"); !errors.Is(err, ErrNotReplica) {
+		t.Fatalf("switchover to the fenced old primary: %v, want ErrNotReplica", err)
+	}
+}
+
+func TestSwitchoverWaitsForReplay(t *testing.T) {
+	r := newRig(Config{})
+	r.pr.stopLSN = 2000
+	r.run(t, healthy)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := r.c.Switchover(ctx, "pg2")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("switchover to a replica behind the stop LSN: %v, want a deadline", err)
+	}
+	if diff := gocmp.Diff([]string{"stopwrites pg1"}, r.actions()); diff != "" {
+		t.Fatalf("actions (-want +got):\n%s", diff)
+	}
+}
