@@ -176,3 +176,34 @@ loop:
 		t.Fatal("Watch did not return after its context ended")
 	}
 }
+
+// TestWakerProbesAtOnce: with long intervals, Wake brings the next probe
+// forward.
+func TestWakerProbesAtOnce(t *testing.T) {
+	w := NewWaker()
+	out := make(chan Observation, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		WatchWith(ctx, []Target{testTarget("down", closedAddr(t))},
+			WatchOptions{Interval: time.Hour, FastInterval: time.Hour, Timeout: time.Second, NoSentinel: true, Waker: w}, out)
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-out:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no first observation")
+	}
+	start := time.Now()
+	w.Wake("down", "unknown")
+	select {
+	case o := <-out:
+		if o.Node != "down" {
+			t.Fatalf("observation of %q", o.Node)
+		}
+		t.Logf("woken probe after %v", time.Since(start))
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wake did not bring a probe forward (interval 1h)")
+	}
+}

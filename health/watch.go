@@ -33,6 +33,41 @@ type WatchOptions struct {
 	FastInterval time.Duration
 	// NoSentinel turns off the sentinel connection (see WatchWith).
 	NoSentinel bool
+	// Waker, when set, lets the caller ask for immediate probes by name.
+	Waker *Waker
+}
+
+// Waker asks a running WatchWith for immediate probes of named targets.
+type Waker struct {
+	mu    sync.Mutex
+	chans map[string]chan struct{}
+}
+
+// NewWaker returns a Waker to pass in WatchOptions.
+func NewWaker() *Waker { return &Waker{chans: map[string]chan struct{}{}} }
+
+// Wake probes the named targets now (or right after a probe under way).
+// Unknown names are ignored; it never blocks.
+func (w *Waker) Wake(names ...string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, n := range names {
+		if ch, ok := w.chans[n]; ok {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+func (w *Waker) register(name string, ch chan struct{}) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.chans[name] = ch
 }
 
 // WatchWith is Watch with options. Besides the probe connection, each
@@ -47,6 +82,7 @@ func WatchWith(ctx context.Context, targets []Target, o WatchOptions, out chan<-
 	var wg sync.WaitGroup
 	for _, t := range targets {
 		wake := make(chan struct{}, 1)
+		o.Waker.register(t.Name, wake)
 		if !o.NoSentinel {
 			wg.Go(func() { sentinel(ctx, t, o, wake) })
 		}
