@@ -95,6 +95,9 @@ type Config struct {
 	Synchronous bool
 	// ActionTimeout bounds one promotion or reconfiguration; default 10 s.
 	ActionTimeout time.Duration
+	// WitnessInterval paces re-probes of replicas that still stream from a
+	// primary this node finds down; default 25 ms.
+	WitnessInterval time.Duration
 }
 
 // Options are the controller's outputs and clock.
@@ -179,6 +182,9 @@ func New(cfg Config, nodes []Node, o Options) *Controller {
 	}
 	if cfg.ActionTimeout <= 0 {
 		cfg.ActionTimeout = 10 * time.Second
+	}
+	if cfg.WitnessInterval <= 0 {
+		cfg.WitnessInterval = 25 * time.Millisecond
 	}
 	if o.Owner == nil {
 		o.Owner = func() bool { return true }

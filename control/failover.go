@@ -80,6 +80,10 @@ func (c *Controller) planFailover() *plan {
 			return say("waiting for %s to be probed after %s failed", m.Name, old.Name)
 		}
 		if m.Streaming && m.Upstream == old.Addr.String() {
+			// It may not have noticed yet: ask again soon.
+			if c.now().Sub(m.LastCheck) >= c.cfg.WitnessInterval {
+				c.o.Wake(m.Name)
+			}
 			return say("%s still streams from %s: only this LB lost it, nobody is promoted", m.Name, old.Name)
 		}
 		cands = append(cands, m)

@@ -29,7 +29,7 @@ type WatchOptions struct {
 	Timeout  time.Duration // one probe's bound
 	// FastInterval is the pace after a failed probe, until one succeeds, so
 	// a down node is confirmed in a few fast probes rather than intervals;
-	// default Interval/10, at least 10 ms.
+	// default Interval/25, at least 10 ms.
 	FastInterval time.Duration
 	// NoSentinel turns off the sentinel connection (see WatchWith).
 	NoSentinel bool
@@ -77,7 +77,7 @@ func (w *Waker) register(name string, ch chan struct{}) {
 // in milliseconds instead of up to an interval.
 func WatchWith(ctx context.Context, targets []Target, o WatchOptions, out chan<- Observation) {
 	if o.FastInterval <= 0 {
-		o.FastInterval = max(o.Interval/10, 10*time.Millisecond)
+		o.FastInterval = max(o.Interval/25, 10*time.Millisecond)
 	}
 	var wg sync.WaitGroup
 	for _, t := range targets {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +56,7 @@ type StatusView struct {
 	Flows       int                        `json:"active_flows"`
 	Total       loader.Counters            `json:"total"`
 	Services    map[string]loader.Counters `json:"services"`
+	Control     control.Status             `json:"control"`
 }
 
 func (d *daemon) backends() ([]BackendView, error) {
@@ -92,6 +94,9 @@ func (d *daemon) backends() ([]BackendView, error) {
 		}
 		if m.Conflict {
 			v.State = "conflict"
+		}
+		if m.Fenced {
+			v.State = "fenced"
 		}
 		if m.ReplayLSN != 0 {
 			v.ReplayLSN = health.LSN(m.ReplayLSN).String()
@@ -148,6 +153,7 @@ func (d *daemon) status() (StatusView, error) {
 		Flows:       n,
 		Total:       st.Total,
 		Services:    map[string]loader.Counters{},
+		Control:     d.ctl.Status(),
 	}
 	for s, c := range st.Services {
 		v.Services[s.String()] = c
@@ -210,6 +216,17 @@ func serveAPI(path string, d *daemon) (*http.Server, error) {
 			return
 		}
 		reply(w, map[string]string{"member": name, "action": r.PathValue("action")}, err)
+	})
+	mux.HandleFunc("POST /v1/switchover", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		defer cancel()
+		ev, err := d.ctl.Switchover(ctx, r.URL.Query().Get("to"))
+		switch {
+		case errors.Is(err, control.ErrUnknownNode), errors.Is(err, control.ErrNotReplica), errors.Is(err, control.ErrBusy):
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		reply(w, ev, err)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

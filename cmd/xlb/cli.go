@@ -4,12 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/xlb-dev/xlb/control"
 )
 
 var socketFlag = &cli.StringFlag{Name: "socket", Value: defaultSocket, Usage: "control socket of the daemon", EnvVars: []string{"XLB_SOCKET"}}
@@ -48,6 +51,24 @@ func memberAction(c *cli.Context, action string) error {
 	}
 	fmt.Fprintf(c.App.Writer, "%s: %sd\n", name, strings.TrimSuffix(action, "e"))
 	return nil
+}
+
+var switchoverCommand = &cli.Command{
+	Name:  "switchover",
+	Usage: "hand the primary role to a replica without losing a commit",
+	Flags: []cli.Flag{socketFlag, jsonFlag, &cli.StringFlag{Name: "to", Required: true, Usage: "the replica to promote"}},
+	Action: func(c *cli.Context) error {
+		var ev control.Event
+		if err := newClient(c.String("socket")).do("POST", "/v1/switchover?to="+url.QueryEscape(c.String("to")), &ev); err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return writeJSON(c.App.Writer, ev)
+		}
+		fmt.Fprintf(c.App.Writer, "switched over from %s to %s in %v\n", ev.From, ev.To, ev.Took.Round(time.Millisecond))
+		fmt.Fprintf(c.App.Writer, "%s is fenced (read-only, out of every pool) until it rejoins: run `xlb pg rejoin` on its host\n", ev.From)
+		return nil
+	},
 }
 
 var statusCommand = &cli.Command{
@@ -112,6 +133,23 @@ func printStatus(w io.Writer, v StatusView) {
 	fmt.Fprintf(tw, "writer\t%s\n", orNone(v.Writer))
 	fmt.Fprintf(tw, "readers\t%s\n", orNone(v.Readers))
 	fmt.Fprintf(tw, "flows\t%d active\n", v.Flows)
+	fmt.Fprintf(tw, "timeline\t%d\n", v.Control.Timeline)
+	if v.Control.NoWriterReason != "" {
+		fmt.Fprintf(tw, "no writer\t%s\n", v.Control.NoWriterReason)
+	}
+	if v.Control.Synchronous {
+		fmt.Fprintf(tw, "synchronous\tstandbys %s; promotable %s\n", orNone(v.Control.SyncStandbys), orNone(v.Control.PromotableNodes))
+	}
+	for _, e := range v.Control.Events {
+		line := fmt.Sprintf("%s %s -> %s in %v", e.Kind, e.From, e.To, e.Took.Round(time.Millisecond))
+		if e.Err != "" {
+			line += " FAILED: " + e.Err
+		}
+		if e.LostLSN > 0 {
+			line += fmt.Sprintf(" (up to %d bytes of WAL lost)", e.LostLSN)
+		}
+		fmt.Fprintf(tw, "event\t%s %s\n", e.Time.Format(time.TimeOnly), line)
+	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -32,6 +32,9 @@ type Config struct {
 	Probe                 ProbeConfig    `yaml:"probe"`
 	MaxReadLag            Duration       `yaml:"max_read_lag"`
 	ReadFallbackToPrimary *bool          `yaml:"read_fallback_to_primary"`
+	Failover              *bool          `yaml:"failover"`
+	MaxLagOnFailover      *int64         `yaml:"max_lag_on_failover"`
+	Synchronous           bool           `yaml:"synchronous"`
 	Nodes                 []NodeConfig   `yaml:"nodes"`
 
 	// Parsed forms, filled by validate.
@@ -49,9 +52,11 @@ type PortsConfig struct {
 
 // PostgresConfig holds how probes log in.
 type PostgresConfig struct {
-	User         string `yaml:"user"`
-	Database     string `yaml:"database"`
-	PasswordFile string `yaml:"password_file"`
+	User              string `yaml:"user"`
+	Database          string `yaml:"database"`
+	PasswordFile      string `yaml:"password_file"`
+	AdminUser         string `yaml:"admin_user"`
+	AdminPasswordFile string `yaml:"admin_password_file"`
 }
 
 // ProbeConfig holds the probe timing and hysteresis.
@@ -167,6 +172,14 @@ func (c *Config) setDefaults() {
 		t := true
 		c.ReadFallbackToPrimary = &t
 	}
+	if c.Failover == nil {
+		t := true
+		c.Failover = &t
+	}
+	if c.MaxLagOnFailover == nil {
+		n := int64(1 << 20)
+		c.MaxLagOnFailover = &n
+	}
 }
 
 func (c *Config) validate() error {
@@ -209,6 +222,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxReadLag < 0 {
 		return fieldErr("max_read_lag", "negative")
+	}
+	if *c.MaxLagOnFailover < 0 {
+		return fieldErr("max_lag_on_failover", "negative (bytes; 0 = no limit)")
 	}
 	if len(c.Nodes) == 0 {
 		return fieldErr("nodes", "at least one node is required")

@@ -28,6 +28,8 @@ func run(args []string, stderr io.Writer) int {
 			runCommand,
 			backendsCommand,
 			statusCommand,
+			switchoverCommand,
+			pgCommand,
 			labCommand,
 			{
 				Name:  "version",

@@ -45,9 +45,16 @@ var runCommand = &cli.Command{
 		if err != nil {
 			return &ConfigError{Field: "postgres.password_file", Err: err}
 		}
+		admin := secrets{user: cfg.Postgres.User, password: password}
+		if cfg.Postgres.AdminUser != "" && cfg.Postgres.AdminUser != cfg.Postgres.User {
+			admin.user = cfg.Postgres.AdminUser
+			if admin.password, err = health.PasswordFrom(cfg.Postgres.AdminPasswordFile, "XLB_PG_ADMIN_PASSWORD"); err != nil {
+				return &ConfigError{Field: "postgres.admin_password_file", Err: err}
+			}
+		}
 		ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
-		return runDaemon(ctx, cfg, password, c.Bool("unload-on-exit"))
+		return runDaemon(ctx, cfg, password, admin, c.Bool("unload-on-exit"))
 	},
 }
 
@@ -60,7 +67,10 @@ type daemon struct {
 	started time.Time
 }
 
-func runDaemon(ctx context.Context, cfg *Config, password string, unload bool) error {
+// secrets are PostgreSQL credentials; never logged.
+type secrets struct{ user, password string }
+
+func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets, unload bool) error {
 	dp, err := loader.Load(loader.Config{
 		VIP:       cfg.vip,
 		PortRW:    cfg.Ports.RW,
@@ -100,12 +110,22 @@ func runDaemon(ctx context.Context, cfg *Config, password string, unload bool) e
 		targets[i] = health.Target{Name: n.Name, Addr: cfg.nodes[i], User: cfg.Postgres.User,
 			Database: cfg.Postgres.Database, Password: password}
 	}
+	waker := health.NewWaker()
 	ctl := control.New(control.Config{
-		Fall:         cfg.Probe.Fall,
-		Rise:         cfg.Probe.Rise,
-		MaxReadLag:   time.Duration(cfg.MaxReadLag),
-		ReadFallback: *cfg.ReadFallbackToPrimary,
-	}, nodes, poolWriter{dp}, time.Now)
+		Fall:             cfg.Probe.Fall,
+		Rise:             cfg.Probe.Rise,
+		MaxReadLag:       time.Duration(cfg.MaxReadLag),
+		ReadFallback:     *cfg.ReadFallbackToPrimary,
+		Failover:         *cfg.Failover,
+		MaxLagOnFailover: uint64(*cfg.MaxLagOnFailover),
+		Synchronous:      cfg.Synchronous,
+	}, nodes, control.Options{
+		Datapath: poolWriter{dp},
+		Promoter: newPGActions(admin.user, cfg.Postgres.Database, admin.password, 5*time.Second),
+		Wake:     waker.Wake,
+		Go:       func(f func()) { go f() },
+		Now:      time.Now,
+	})
 	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now()}
 
 	srv, err := serveAPI(cfg.Socket, d)
@@ -115,7 +135,11 @@ func runDaemon(ctx context.Context, cfg *Config, password string, unload bool) e
 	defer srv.Close()
 
 	obs := make(chan health.Observation, 64)
-	go health.Watch(ctx, targets, time.Duration(cfg.Probe.Interval), time.Duration(cfg.Probe.Timeout), obs)
+	go health.WatchWith(ctx, targets, health.WatchOptions{
+		Interval: time.Duration(cfg.Probe.Interval),
+		Timeout:  time.Duration(cfg.Probe.Timeout),
+		Waker:    waker,
+	}, obs)
 	slog.Info("xlb running", "nodes", len(nodes), "socket", cfg.Socket, "version", version)
 	for {
 		select {
@@ -139,8 +163,11 @@ func toControl(o health.Observation) control.Observation {
 		Timeline:   o.Timeline,
 		WALLSN:     uint64(o.WALLSN),
 		ReplayLSN:  uint64(o.ReplayLSN),
+		ReceiveLSN: uint64(o.ReceiveLSN),
 		ReplayLag:  o.ReplayLag,
 		Latency:    o.Latency,
+		Streaming:  o.Streaming,
+		Upstream:   o.Upstream,
 	}
 }
 

@@ -42,6 +42,10 @@ type Options struct {
 	// PoolTimeout bounds the wait for the daemon to fill the pools;
 	// default 30 s.
 	PoolTimeout time.Duration
+	// Synchronous runs the daemon in synchronous mode (synchronous: true):
+	// it manages synchronous_standby_names on the primary and promotes only
+	// a replica that holds every acknowledged commit.
+	Synchronous bool
 }
 
 func (o *Options) setDefaults() {
@@ -351,12 +355,18 @@ func (u *upper) startDaemon(ctx context.Context, lb string) error {
 	})
 }
 
-// writeDaemonConfig writes the probe password file and the daemon's
-// configuration for LB node n, both mode 0600.
+// writeDaemonConfig writes the password files of the probe role and of
+// the administrative role (AdminUser, which promotes and repoints nodes)
+// and the daemon's configuration for LB node n, all mode 0600. Failover is
+// on; synchronous mode follows Options.Synchronous.
 func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 	pwPath := filepath.Join(u.lab.Dir, "pgpassword")
 	if err := os.WriteFile(pwPath, []byte(Password), 0o600); err != nil {
 		return fmt.Errorf("writing password file: %w", err)
+	}
+	adminPwPath := filepath.Join(u.lab.Dir, "pgadminpassword")
+	if err := os.WriteFile(adminPwPath, []byte(AdminPassword), 0o600); err != nil {
+		return fmt.Errorf("writing admin password file: %w", err)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# xlb on %s of lab %q, written by xlb lab up (see deploy/xlb.example.yaml).\n", n.Name, u.opts.Prefix)
@@ -364,6 +374,8 @@ func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 	fmt.Fprintf(&b, "ports:\n  rw: %d\n  ro: %d\nsnat_ports: 20000-29999\n", PortRW, PortRO)
 	fmt.Fprintf(&b, "pin_path: %s\nsocket: %s\n", DaemonPinDir(u.opts.Prefix, n.Name), socket)
 	fmt.Fprintf(&b, "postgres:\n  user: %s\n  database: %s\n  password_file: %s\n", User, Database, pwPath)
+	fmt.Fprintf(&b, "  admin_user: %s\n  admin_password_file: %s\n", AdminUser, adminPwPath)
+	fmt.Fprintf(&b, "failover: true\nsynchronous: %t\n", u.opts.Synchronous)
 	b.WriteString("nodes:\n")
 	for _, h := range pgHosts {
 		fmt.Fprintf(&b, "  - name: %s\n    address: %v\n", h, netip.AddrPortFrom(u.lab.Topology.Node(h).Addr.Addr(), PostgresPort))

@@ -80,6 +80,10 @@ type PostgresConfig struct {
 //   - wal_receiver_timeout 5s: a replica notices a primary that vanished
 //     without closing the connection (a dead host, a cut link) in 5 s, not
 //     60 s, so it stops witnessing for it soon.
+//   - wal_log_hints on: pg_rewind can bring a diverged old primary back as
+//     a replica (xlb pg rejoin); it refuses a cluster without hint-bit WAL
+//     or data checksums. Only a restart applies it, so it is set before the
+//     first start.
 var ReplicationSettings = map[string]string{
 	"wal_level":                   "replica",
 	"max_wal_senders":             "10",
@@ -88,6 +92,7 @@ var ReplicationSettings = map[string]string{
 	"hot_standby_feedback":        "on",
 	"wal_retrieve_retry_interval": "200ms",
 	"wal_receiver_timeout":        "5s",
+	"wal_log_hints":               "on",
 }
 
 var loopback = netip.MustParseAddr("127.0.0.1")
@@ -130,6 +135,12 @@ func (c *PostgresConfig) setDefaults(ns *Namespace) {
 
 // Postgres is a PostgreSQL cluster running as the postgres OS user inside a
 // lab namespace, or in the caller's namespace (on loopback) when NS is nil.
+//
+// A postmaster that another program started on the same data directory
+// after this one's stopped (pg_ctl start, as xlb pg rejoin runs it) is
+// adopted: PID returns it, and Stop, StopImmediate, Restart and Close stop
+// it by the PID in postmaster.pid, once that PID is checked to be a
+// postgres of PostgresConfig.Bin working in DataDir.
 type Postgres struct {
 	NS        *Namespace // nil: the caller's namespace
 	Dir       string     // the working directory (data, sock, postgres.log)
@@ -315,9 +326,11 @@ func (p *Postgres) waitReady(ctx context.Context, done <-chan struct{}) error {
 //
 // The application's role gets pg_monitor: xlb's health probes log in as it
 // and read pg_stat_wal_receiver, whose columns other than pid only members
-// of pg_read_all_stats see.
+// of pg_read_all_stats see. AdminUser is a superuser: xlb promotes, fences
+// and repoints nodes as it, and pg_rewind reads the source cluster as it.
 func (p *Postgres) bootstrap(ctx context.Context) error {
 	var b strings.Builder
+	fmt.Fprintf(&b, "CREATE ROLE %s SUPERUSER LOGIN PASSWORD %s;\n", quoteIdent(AdminUser), quoteLiteral(AdminPassword))
 	fmt.Fprintf(&b, "CREATE ROLE %s LOGIN PASSWORD %s;\n", quoteIdent(p.cfg.User), quoteLiteral(p.cfg.Password))
 	fmt.Fprintf(&b, "GRANT pg_monitor TO %s;\n", quoteIdent(p.cfg.User))
 	fmt.Fprintf(&b, "CREATE DATABASE %s OWNER %s;\n", quoteIdent(p.cfg.Database), quoteIdent(p.cfg.User))
@@ -413,7 +426,7 @@ func StartReplica(ctx context.Context, ns *Namespace, cfg ReplicaConfig) (_ *Pos
 func (p *Postgres) basebackup(ctx context.Context, cfg ReplicaConfig) error {
 	host, port := cfg.Primary.Addr().String(), int(cfg.Primary.Port())
 	tmpPass := filepath.Join(p.Dir, passfileName)
-	if err := p.writePassfile(tmpPass, host, port, cfg.ReplicationUser, cfg.ReplicationPassword); err != nil {
+	if err := p.writePassfile(tmpPass, cfg.ReplicationUser, cfg.ReplicationPassword); err != nil {
 		return err
 	}
 	conn := fmt.Sprintf("host=%s port=%d user=%s application_name=%s connect_timeout=5",
@@ -449,12 +462,14 @@ func (p *Postgres) basebackup(ctx context.Context, cfg ReplicaConfig) error {
 	return nil
 }
 
-// writePassfile writes a libpq password file for user at host:port, any
-// database, mode 0600 and owned by postgres (libpq ignores a file others
-// can read).
-func (p *Postgres) writePassfile(name, host string, port int, user, password string) error {
+// writePassfile writes a libpq password file for user on any host, port
+// and database, mode 0600 and owned by postgres (libpq ignores a file
+// others can read). Any host: when the replica is repointed at another
+// primary (xlb's Follow changes only host and port of primary_conninfo),
+// the same file still answers.
+func (p *Postgres) writePassfile(name, user, password string) error {
 	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
-	line := fmt.Sprintf("%s:%d:*:%s:%s\n", esc.Replace(host), port, esc.Replace(user), esc.Replace(password))
+	line := fmt.Sprintf("*:*:*:%s:%s\n", esc.Replace(user), esc.Replace(password))
 	if err := os.WriteFile(name, []byte(line), 0o600); err != nil {
 		return fmt.Errorf("writing password file %s: %w", name, err)
 	}
@@ -474,18 +489,21 @@ func (p *Postgres) asPostgres(ctx context.Context, prog string, args ...string) 
 	return cmd
 }
 
-// PID returns the postmaster's PID, or 0 when it is not running.
+// PID returns the postmaster's PID, or 0 when it is not running. A
+// postmaster another program started on the data directory counts (see
+// adoptedPID).
 func (p *Postgres) PID() int {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil || p.cmd.Process == nil {
-		return 0
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return p.adoptedPID()
 	}
 	select {
-	case <-p.done:
-		return 0
+	case <-done:
+		return p.adoptedPID()
 	default:
-		return p.cmd.Process.Pid
+		return cmd.Process.Pid
 	}
 }
 
@@ -510,11 +528,11 @@ func (p *Postgres) stop(sig syscall.Signal, mode string, timeout time.Duration) 
 	cmd, done := p.cmd, p.done
 	p.mu.Unlock()
 	if cmd == nil {
-		return nil
+		return p.stopAdopted(sig, mode, timeout)
 	}
 	select {
 	case <-done:
-		return nil
+		return p.stopAdopted(sig, mode, timeout)
 	default:
 	}
 	if err := cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {

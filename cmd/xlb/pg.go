@@ -1,0 +1,739 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/urfave/cli/v2"
+
+	"github.com/xlb-dev/xlb/health"
+)
+
+// pgCommand acts on the PostgreSQL server of the host it runs on.
+var pgCommand = &cli.Command{
+	Name:  "pg",
+	Usage: "act on this host's PostgreSQL server",
+	Subcommands: []*cli.Command{
+		{
+			Name: "rejoin",
+			Usage: "bring this host's old primary back as a replica of the new one: stop it, pg_rewind it from " +
+				"the new primary, point it there (standby.signal, primary_conninfo, a slot) and start it",
+			Description: "Run as root (or as the data directory's owner) on the old primary's host once xlb has " +
+				"promoted another node. PostgreSQL's tools run as the data directory's owner. Passwords come " +
+				"from files or the environment (XLB_PG_ADMIN_PASSWORD, XLB_PG_REPLICATION_PASSWORD), never argv. " +
+				"The cluster needs wal_log_hints = on or data checksums.",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "data-dir", Usage: "the local server's data directory (required)"},
+				&cli.StringFlag{Name: "primary", Usage: "the new primary, HOST:PORT (required)"},
+				&cli.StringFlag{Name: "bin", Value: "/usr/lib/postgresql/15/bin", Usage: "directory of pg_ctl and pg_rewind"},
+				&cli.StringFlag{Name: "slot", Usage: "physical replication slot on the primary, created when missing (default: the current primary_slot_name, else the application name)"},
+				&cli.StringFlag{Name: "application-name", Usage: "this node's application_name, xlb's name for it (default: the current primary_conninfo's)"},
+				&cli.StringFlag{Name: "pg-user", Value: "postgres", Usage: "administrative role (a superuser) that pg_rewind and the slot's creation log in as"},
+				&cli.StringFlag{Name: "pg-database", Value: "postgres", Usage: "database the administrative role logs in to"},
+				&cli.StringFlag{Name: "password-file", Usage: "file holding the administrative role's password (default: $XLB_PG_ADMIN_PASSWORD)"},
+				&cli.StringFlag{Name: "replication-user", Usage: "role the replica streams as (default: the current primary_conninfo's, else replicator)"},
+				&cli.StringFlag{Name: "replication-password-file", Usage: "file holding the replication role's password (default: $XLB_PG_REPLICATION_PASSWORD), written to --passfile; without either, --passfile must exist"},
+				&cli.StringFlag{Name: "passfile", Usage: "libpq password file that primary_conninfo names (default: the current primary_conninfo's, else DATA-DIR/pgpass)"},
+				&cli.StringFlag{Name: "log-file", Usage: "server log for pg_ctl start (default: postgres.log beside the data directory)"},
+				&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "bound on the whole rejoin"},
+			},
+			OnUsageError: func(_ *cli.Context, err error, _ bool) error { return &ConfigError{Field: "flags", Err: err} },
+			Action: func(c *cli.Context) error {
+				o, err := rejoinOptionsFrom(c)
+				if err != nil {
+					return err
+				}
+				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+				defer cancel()
+				return rejoin(ctx, o, c.App.Writer)
+			},
+		},
+	},
+}
+
+// rejoinOptions says what rejoin does; rejoinOptionsFrom fills it from the
+// flags. Empty Slot, AppName, ReplUser and Passfile are taken from the data
+// directory's configuration by rejoin.
+type rejoinOptions struct {
+	DataDir     string
+	PrimaryHost string
+	PrimaryPort uint16
+	Bin         string
+	Slot        string
+	AppName     string
+	// AdminUser logs in to AdminDatabase on the primary with AdminPassword
+	// for pg_rewind and the slot.
+	AdminUser, AdminDatabase, AdminPassword string
+	ReplUser                                string
+	// ReplPassword, when set, is written to Passfile; else Passfile must
+	// exist.
+	ReplPassword string
+	Passfile     string
+	LogFile      string
+	Timeout      time.Duration
+}
+
+// slotNameRe is what PostgreSQL accepts as a replication slot's name.
+var slotNameRe = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// rejoinOptionsFrom reads and checks the flags of xlb pg rejoin. Its
+// errors are *ConfigError naming the flag.
+func rejoinOptionsFrom(c *cli.Context) (rejoinOptions, error) {
+	o := rejoinOptions{
+		DataDir:       c.String("data-dir"),
+		Bin:           c.String("bin"),
+		Slot:          c.String("slot"),
+		AppName:       c.String("application-name"),
+		AdminUser:     c.String("pg-user"),
+		AdminDatabase: c.String("pg-database"),
+		ReplUser:      c.String("replication-user"),
+		Passfile:      c.String("passfile"),
+		LogFile:       c.String("log-file"),
+		Timeout:       c.Duration("timeout"),
+	}
+	if c.NArg() > 0 {
+		return o, &ConfigError{Field: "arguments", Err: fmt.Errorf("unexpected %q: xlb pg rejoin takes flags only", c.Args().First())}
+	}
+	if o.DataDir == "" {
+		return o, &ConfigError{Field: "--data-dir", Err: errors.New("required")}
+	}
+	abs, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return o, &ConfigError{Field: "--data-dir", Err: err}
+	}
+	o.DataDir = abs
+	if _, err := os.Stat(filepath.Join(o.DataDir, "PG_VERSION")); err != nil {
+		return o, &ConfigError{Field: "--data-dir", Err: fmt.Errorf("%s is no PostgreSQL data directory: %w", o.DataDir, err)}
+	}
+	primary := c.String("primary")
+	host, port, err := net.SplitHostPort(primary)
+	if err != nil || host == "" {
+		return o, &ConfigError{Field: "--primary", Err: fmt.Errorf("%q: want HOST:PORT", primary)}
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return o, &ConfigError{Field: "--primary", Err: fmt.Errorf("%q: port must be 1 to 65535", primary)}
+	}
+	o.PrimaryHost, o.PrimaryPort = host, uint16(p)
+	for _, prog := range []string{"pg_ctl", "pg_rewind"} {
+		if _, err := os.Stat(filepath.Join(o.Bin, prog)); err != nil {
+			return o, &ConfigError{Field: "--bin", Err: fmt.Errorf("finding %s: %w", prog, err)}
+		}
+	}
+	if o.Slot != "" && !slotNameRe.MatchString(o.Slot) {
+		return o, &ConfigError{Field: "--slot", Err: fmt.Errorf("%q: want 1 to 63 of a-z, 0-9 and _", o.Slot)}
+	}
+	if o.AdminUser == "" {
+		return o, &ConfigError{Field: "--pg-user", Err: errors.New("empty")}
+	}
+	if o.Timeout <= 0 {
+		return o, &ConfigError{Field: "--timeout", Err: fmt.Errorf("%v: want a positive duration", o.Timeout)}
+	}
+	if o.AdminPassword, err = health.PasswordFrom(c.String("password-file"), "XLB_PG_ADMIN_PASSWORD"); err != nil {
+		return o, &ConfigError{Field: "--password-file", Err: err}
+	}
+	o.ReplPassword, err = health.PasswordFrom(c.String("replication-password-file"), "XLB_PG_REPLICATION_PASSWORD")
+	if err != nil && (c.String("replication-password-file") != "" || !errors.Is(err, health.ErrNoPassword)) {
+		return o, &ConfigError{Field: "--replication-password-file", Err: err}
+	}
+	return o, nil
+}
+
+// rejoinDrops are the settings rejoin removes from postgresql.auto.conf:
+// xlb sets them on a primary (StopWrites, SetSynchronous), a replica has no
+// use for them, and a later promotion must not inherit them.
+var rejoinDrops = []string{"default_transaction_read_only", "synchronous_standby_names"}
+
+// rejoin makes the server on o.DataDir a streaming replica of the primary
+// at o.PrimaryHost:o.PrimaryPort, reporting each step on w:
+//
+//  1. It reads the node's application name, slot, replication user and
+//     password file from postgresql.auto.conf where the flags leave them
+//     out, checks that the primary is one (and not this server), and
+//     creates the slot there when missing, so the primary keeps WAL from
+//     now on.
+//  2. It stops the local server when it runs (pg_ctl stop -m fast).
+//  3. It runs pg_rewind from the primary, with the administrative
+//     password in PGPASSWORD; "no rewind required" is fine. pg_rewind copies
+//     the source's configuration files, so rejoin puts the node's own
+//     (postgresql.conf, postgresql.auto.conf, pg_hba.conf, pg_ident.conf, a
+//     password file in the data directory) back afterwards, also when
+//     pg_rewind fails.
+//  4. It writes standby.signal, the password file when it has a
+//     replication password, and primary_conninfo (host and port of the
+//     primary, everything else kept from the old one), primary_slot_name,
+//     recovery_target_timeline = 'latest' and wal_retrieve_retry_interval =
+//     '200ms' into postgresql.auto.conf, dropping
+//     default_transaction_read_only and synchronous_standby_names.
+//  5. It starts the server (pg_ctl start -w) and waits until the
+//     primary's pg_stat_replication shows it streaming on its slot.
+//
+// PostgreSQL's programs run as the data directory's owner. Errors name the
+// step; a value the flags or the configuration cannot supply is a
+// *ConfigError.
+func rejoin(ctx context.Context, o rejoinOptions, w io.Writer) error {
+	start := time.Now()
+	say := func(format string, args ...any) { fmt.Fprintf(w, "rejoin: "+format+"\n", args...) }
+	primary := net.JoinHostPort(o.PrimaryHost, strconv.Itoa(int(o.PrimaryPort)))
+
+	r, err := newRejoiner(o)
+	if err != nil {
+		return err
+	}
+	auto := filepath.Join(o.DataDir, "postgresql.auto.conf")
+	cur, err := readAutoConf(auto)
+	if err != nil {
+		return fmt.Errorf("reading the configuration: %w", err)
+	}
+	base, err := parseConnInfo(cur.get("primary_conninfo"))
+	if err != nil {
+		return fmt.Errorf("reading the current primary_conninfo: %w", err)
+	}
+	if o.AppName == "" {
+		o.AppName, _ = base.get("application_name")
+	}
+	if o.AppName == "" {
+		return &ConfigError{Field: "--application-name", Err: fmt.Errorf("required: %s names none", auto)}
+	}
+	if o.Slot == "" {
+		o.Slot = cur.get("primary_slot_name")
+	}
+	if o.Slot == "" {
+		if !slotNameRe.MatchString(o.AppName) {
+			return &ConfigError{Field: "--slot", Err: fmt.Errorf("required: application name %q is no slot name", o.AppName)}
+		}
+		o.Slot = o.AppName
+	}
+	if o.ReplUser == "" {
+		o.ReplUser, _ = base.get("user")
+	}
+	if o.ReplUser == "" {
+		o.ReplUser = "replicator"
+	}
+	if o.Passfile == "" {
+		o.Passfile, _ = base.get("passfile")
+	}
+	if o.Passfile == "" {
+		o.Passfile = filepath.Join(o.DataDir, "pgpass")
+	}
+	if o.ReplPassword == "" {
+		if _, err := os.Stat(o.Passfile); err != nil {
+			return &ConfigError{Field: "--replication-password-file",
+				Err: fmt.Errorf("no replication password given and no password file: %w", err)}
+		}
+	}
+	if o.LogFile == "" {
+		o.LogFile = filepath.Join(filepath.Dir(o.DataDir), "postgres.log")
+	}
+
+	// 1. The primary: one, not this server; the slot.
+	admin := newPGActions(o.AdminUser, o.AdminDatabase, o.AdminPassword, 10*time.Second)
+	if err := r.checkPrimary(ctx, admin); err != nil {
+		return fmt.Errorf("checking the primary %s: %w", primary, err)
+	}
+	if err := admin.ensureSlot(ctx, o.PrimaryHost, o.PrimaryPort, o.Slot); err != nil {
+		return fmt.Errorf("preparing the primary %s: %w", primary, err)
+	}
+
+	// 2. Stop.
+	running, err := r.running(ctx)
+	if err != nil {
+		return fmt.Errorf("checking the local server: %w", err)
+	}
+	if running {
+		say("stopping the server on %s", o.DataDir)
+		if out, err := r.run(ctx, "pg_ctl", nil, "stop", "-D", o.DataDir, "-m", "fast", "-w", "-t", r.seconds(ctx)); err != nil {
+			return fmt.Errorf("stopping the local server: %w: %s", err, lastLines(out, 5))
+		}
+	}
+
+	// 3. Rewind, keeping the node's own configuration.
+	saved, err := r.saveConfig()
+	if err != nil {
+		return fmt.Errorf("saving the configuration: %w", err)
+	}
+	say("rewinding %s from %s", o.DataDir, primary)
+	rewound := time.Now()
+	source := connInfo{{"host", o.PrimaryHost}, {"port", strconv.Itoa(int(o.PrimaryPort))}, {"user", o.AdminUser},
+		{"dbname", o.AdminDatabase}, {"connect_timeout", "10"}, {"application_name", "xlb-rejoin"}}
+	out, rewindErr := r.run(ctx, "pg_rewind", []string{"PGPASSWORD=" + o.AdminPassword},
+		"--target-pgdata", o.DataDir, "--source-server", source.String())
+	if err := r.restoreConfig(saved); err != nil {
+		return errors.Join(rewindErr, fmt.Errorf("restoring the configuration after pg_rewind: %w", err))
+	}
+	if rewindErr != nil {
+		return fmt.Errorf("running pg_rewind: %w: %s", rewindErr, lastLines(out, 10))
+	}
+	if bytes.Contains(out, []byte("no rewind required")) {
+		say("no rewind required")
+	} else {
+		say("rewound in %v", time.Since(rewound).Round(time.Millisecond))
+	}
+
+	// 4. Point it at the primary.
+	base.set("host", o.PrimaryHost)
+	base.set("port", strconv.Itoa(int(o.PrimaryPort)))
+	base.del("hostaddr")
+	base.set("user", o.ReplUser)
+	base.set("passfile", o.Passfile)
+	base.set("application_name", o.AppName)
+	if _, ok := base.get("connect_timeout"); !ok {
+		base.set("connect_timeout", "2")
+	}
+	if err := r.configure(base, o.Slot); err != nil {
+		return fmt.Errorf("configuring the replica: %w", err)
+	}
+
+	// 5. Start and wait for the stream.
+	say("starting the server (log %s)", o.LogFile)
+	started := time.Now()
+	if err := r.touchLog(); err != nil {
+		return fmt.Errorf("starting the server: %w", err)
+	}
+	if out, err := r.run(ctx, "pg_ctl", nil, "start", "-D", o.DataDir, "-w", "-t", r.seconds(ctx), "-l", o.LogFile); err != nil {
+		return fmt.Errorf("starting the server: %w: %s; log: %s", err, lastLines(out, 5), r.logTail())
+	}
+	if err := r.waitStreaming(ctx, admin); err != nil {
+		return fmt.Errorf("waiting for the replica to stream from %s: %w; log: %s", primary, err, r.logTail())
+	}
+	say("streaming from %s on slot %s as %s, %v after the start, %v in all",
+		primary, o.Slot, o.AppName, time.Since(started).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// rejoiner runs rejoin's steps as the data directory's owner.
+type rejoiner struct {
+	o    rejoinOptions
+	uid  int
+	gid  int
+	cred *syscall.Credential // nil: run as ourselves, the owner
+	home string
+}
+
+// newRejoiner looks up the data directory's owner. It refuses a directory
+// root owns (PostgreSQL refuses root) and a caller that is neither root
+// nor the owner.
+func newRejoiner(o rejoinOptions) (*rejoiner, error) {
+	fi, err := os.Stat(o.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("reading the data directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil, fmt.Errorf("reading the owner of %s: no unix stat", o.DataDir)
+	}
+	r := &rejoiner{o: o, uid: int(st.Uid), gid: int(st.Gid)}
+	if r.uid == 0 {
+		return nil, fmt.Errorf("checking the data directory: %s belongs to root, which PostgreSQL refuses", o.DataDir)
+	}
+	u, err := user.LookupId(strconv.Itoa(r.uid))
+	if err != nil {
+		return nil, fmt.Errorf("looking up the owner of %s: %w", o.DataDir, err)
+	}
+	r.home = u.HomeDir
+	switch os.Geteuid() {
+	case r.uid:
+	case 0:
+		r.cred = &syscall.Credential{Uid: uint32(r.uid), Gid: uint32(r.gid)}
+		groups, err := u.GroupIds()
+		if err != nil {
+			return nil, fmt.Errorf("looking up the groups of %s: %w", u.Username, err)
+		}
+		for _, g := range groups {
+			if id, err := strconv.ParseUint(g, 10, 32); err == nil {
+				r.cred.Groups = append(r.cred.Groups, uint32(id))
+			}
+		}
+	default:
+		return nil, fmt.Errorf("checking the caller: run as root or as %s, the owner of %s", u.Username, o.DataDir)
+	}
+	return r, nil
+}
+
+// command returns prog from the bin directory, run as the owner in the
+// data directory with a small environment (plus extraEnv): nothing of the
+// caller's, no PG* variable but those given.
+func (r *rejoiner) command(ctx context.Context, prog string, extraEnv []string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(r.o.Bin, prog), args...)
+	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + r.home, "LC_MESSAGES=C"}, extraEnv...)
+	if lang := os.Getenv("LANG"); lang != "" {
+		cmd.Env = append(cmd.Env, "LANG="+lang)
+	}
+	cmd.Dir = r.o.DataDir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.cred}
+	return cmd
+}
+
+// run runs prog to its end and returns its combined output.
+func (r *rejoiner) run(ctx context.Context, prog string, extraEnv []string, args ...string) ([]byte, error) {
+	cmd := r.command(ctx, prog, extraEnv, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.Bytes(), err
+}
+
+// running reports whether a server runs on the data directory: pg_ctl
+// status exits 0 when it does and 3 when it does not.
+func (r *rejoiner) running(ctx context.Context) (bool, error) {
+	out, err := r.run(ctx, "pg_ctl", nil, "status", "-D", r.o.DataDir)
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &ee) && ee.ExitCode() == 3:
+		return false, nil
+	default:
+		return false, fmt.Errorf("running pg_ctl status: %w: %s", err, lastLines(out, 5))
+	}
+}
+
+// seconds returns what is left of ctx in whole seconds, at least 1, for
+// pg_ctl -t.
+func (r *rejoiner) seconds(ctx context.Context) string {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return "60"
+	}
+	return strconv.Itoa(max(1, int(time.Until(d)/time.Second)))
+}
+
+// checkPrimary checks that the server at --primary is a primary and not
+// the local one (same data directory, port and start time as the local
+// postmaster.pid says).
+func (r *rejoiner) checkPrimary(ctx context.Context, admin *pgActions) error {
+	conn, err := admin.connect(ctx, r.o.PrimaryHost, r.o.PrimaryPort)
+	if err != nil {
+		return err
+	}
+	defer admin.close(conn)
+	var (
+		rec     bool
+		dataDir string
+		port    string
+		started int64
+	)
+	err = admin.queryRow(ctx, conn, `SELECT pg_is_in_recovery(), current_setting('data_directory'),
+		current_setting('port'), extract(epoch FROM pg_postmaster_start_time())::int8`).Scan(&rec, &dataDir, &port, &started)
+	if err != nil {
+		return fmt.Errorf("querying it: %w", err)
+	}
+	if rec {
+		return errors.New("it is in recovery, no primary")
+	}
+	if pid, err := os.ReadFile(filepath.Join(r.o.DataDir, "postmaster.pid")); err == nil {
+		l := strings.Split(string(pid), "\n")
+		if len(l) > 3 && sameDir(l[1], dataDir) && l[2] == strconv.FormatInt(started, 10) && l[3] == port {
+			return fmt.Errorf("it is this host's server on %s", r.o.DataDir)
+		}
+	}
+	return nil
+}
+
+// sameDir reports whether a and b name the same directory here.
+func sameDir(a, b string) bool {
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
+}
+
+// savedFile is a configuration file's content and mode before pg_rewind.
+type savedFile struct {
+	path string
+	data []byte
+	mode os.FileMode
+}
+
+// saveConfig reads the node's own configuration files that pg_rewind
+// would replace with the source's: those of the data directory that
+// exist, and the password file when it is in the data directory.
+func (r *rejoiner) saveConfig() ([]savedFile, error) {
+	names := []string{"postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"}
+	paths := make([]string, 0, len(names)+1)
+	for _, n := range names {
+		paths = append(paths, filepath.Join(r.o.DataDir, n))
+	}
+	if rel, err := filepath.Rel(r.o.DataDir, r.o.Passfile); err == nil && !strings.HasPrefix(rel, "..") {
+		paths = append(paths, r.o.Passfile)
+	}
+	var saved []savedFile
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		saved = append(saved, savedFile{p, b, fi.Mode().Perm()})
+	}
+	return saved, nil
+}
+
+// restoreConfig writes the saved files back.
+func (r *rejoiner) restoreConfig(saved []savedFile) error {
+	var errs []error
+	for _, f := range saved {
+		errs = append(errs, r.writeFile(f.path, f.data, f.mode))
+	}
+	return errors.Join(errs...)
+}
+
+// writeFile writes data to path with mode, owned by the data directory's
+// owner, through a temporary file renamed into place.
+func (r *rejoiner) writeFile(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".xlb-tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := errors.Join(os.Chmod(tmp, mode), os.Chown(tmp, r.uid, r.gid)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("handing %s to its owner: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// configure writes what makes the rewound node a replica: the password
+// file (when rejoin has a replication password), postgresql.auto.conf's
+// replication settings, standby.signal, and no recovery.signal.
+func (r *rejoiner) configure(conninfo connInfo, slot string) error {
+	if r.o.ReplPassword != "" {
+		esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
+		line := fmt.Sprintf("*:*:*:%s:%s\n", esc.Replace(r.o.ReplUser), esc.Replace(r.o.ReplPassword))
+		if err := r.writeFile(r.o.Passfile, []byte(line), 0o600); err != nil {
+			return err
+		}
+	}
+	path := filepath.Join(r.o.DataDir, "postgresql.auto.conf")
+	conf, err := readAutoConf(path)
+	if err != nil {
+		return err
+	}
+	for _, k := range rejoinDrops {
+		conf.del(k)
+	}
+	conf.set("primary_conninfo", conninfo.String())
+	conf.set("primary_slot_name", slot)
+	conf.set("recovery_target_timeline", "latest")
+	conf.set("wal_retrieve_retry_interval", "200ms")
+	if err := r.writeFile(path, conf.bytes(), 0o600); err != nil {
+		return err
+	}
+	if err := r.writeFile(filepath.Join(r.o.DataDir, "standby.signal"), nil, 0o600); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(r.o.DataDir, "recovery.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing recovery.signal: %w", err)
+	}
+	return nil
+}
+
+// touchLog creates the log file for the owner when it is missing, so that
+// pg_ctl, running as the owner, can append to it in a directory it may not
+// write.
+func (r *rejoiner) touchLog() error {
+	f, err := os.OpenFile(r.o.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	if err != nil {
+		return fmt.Errorf("opening the log %s: %w", r.o.LogFile, err)
+	}
+	f.Close()
+	if r.cred != nil {
+		if err := os.Chown(r.o.LogFile, r.uid, r.gid); err != nil {
+			return fmt.Errorf("handing the log %s to its owner: %w", r.o.LogFile, err)
+		}
+	}
+	return nil
+}
+
+// logTail returns the last lines of the server log.
+func (r *rejoiner) logTail() string {
+	b, _ := os.ReadFile(r.o.LogFile)
+	return lastLines(b, 10)
+}
+
+// waitStreaming polls the primary every 50 ms until its walsender on the
+// slot streams, and fails early when the local server has exited.
+func (r *rejoiner) waitStreaming(ctx context.Context, admin *pgActions) error {
+	conn, err := admin.connect(ctx, r.o.PrimaryHost, r.o.PrimaryPort)
+	if err != nil {
+		return err
+	}
+	defer admin.close(conn)
+	pidFile := filepath.Join(r.o.DataDir, "postmaster.pid")
+	var state string
+	err = pollEvery(ctx, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+		if _, err := os.Stat(pidFile); err != nil {
+			return false, fmt.Errorf("the server exited: %w", err)
+		}
+		err := admin.queryRow(ctx, conn, `SELECT coalesce(r.state, 'not connected') FROM pg_replication_slots s
+			LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1`, r.o.Slot).Scan(&state)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, fmt.Errorf("slot %s is gone", r.o.Slot)
+		}
+		return err == nil && state == "streaming", err
+	})
+	if err != nil {
+		return fmt.Errorf("slot %s: %s: %w", r.o.Slot, state, err)
+	}
+	return nil
+}
+
+// lastLines returns the last n lines of b, trimmed.
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// autoConf is postgresql.auto.conf, line by line.
+type autoConf struct {
+	lines []string
+}
+
+// readAutoConf reads the file at path; a missing file reads as empty.
+func readAutoConf(path string) (*autoConf, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &autoConf{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := strings.TrimRight(string(b), "\n")
+	if s == "" {
+		return &autoConf{}, nil
+	}
+	return &autoConf{lines: strings.Split(s, "\n")}, nil
+}
+
+// get returns the value of the last line setting name, "" when none does.
+func (c *autoConf) get(name string) string {
+	v := ""
+	for _, l := range c.lines {
+		if k, val, ok := parseConfLine(l); ok && k == name {
+			v = val
+		}
+	}
+	return v
+}
+
+// del removes every line setting name.
+func (c *autoConf) del(name string) {
+	out := c.lines[:0]
+	for _, l := range c.lines {
+		if k, _, ok := parseConfLine(l); !ok || k != name {
+			out = append(out, l)
+		}
+	}
+	c.lines = out
+}
+
+// set replaces the lines setting name with one at the end, as ALTER
+// SYSTEM writes it: name = 'value', quotes and backslashes doubled.
+func (c *autoConf) set(name, value string) {
+	c.del(name)
+	c.lines = append(c.lines, name+" = '"+strings.NewReplacer(`'`, `''`, `\`, `\\`).Replace(value)+"'")
+}
+
+func (c *autoConf) bytes() []byte {
+	if len(c.lines) == 0 {
+		return []byte("# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\n")
+	}
+	return []byte(strings.Join(c.lines, "\n") + "\n")
+}
+
+// parseConfLine parses one line of a PostgreSQL configuration file: name
+// [=] value [# comment], the value a bare word or quoted in single quotes,
+// with doubled quotes and backslash escapes inside. It returns the lower-case name
+// and the value, and false for a blank line, a comment or a line it cannot
+// read.
+func parseConfLine(l string) (name, value string, ok bool) {
+	s := strings.TrimSpace(l)
+	if s == "" || s[0] == '#' {
+		return "", "", false
+	}
+	i := 0
+	for i < len(s) && (s[i] == '_' || s[i] == '.' || s[i] == '-' || '0' <= s[i] && s[i] <= '9' ||
+		'a' <= s[i]|0x20 && s[i]|0x20 <= 'z') {
+		i++
+	}
+	if i == 0 {
+		return "", "", false
+	}
+	name = strings.ToLower(s[:i])
+	s = strings.TrimLeft(s[i:], " \t")
+	s = strings.TrimPrefix(s, "=")
+	s = strings.TrimLeft(s, " \t")
+	if s == "" || s[0] != '\'' {
+		end := strings.IndexAny(s, " \t#")
+		if end < 0 {
+			end = len(s)
+		}
+		return name, s[:end], true
+	}
+	var b strings.Builder
+	for i := 1; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\'' && i+1 < len(s) && s[i+1] == '\'':
+			b.WriteByte('\'')
+			i++
+		case c == '\'':
+			return name, b.String(), true
+		case c == '\\' && i+1 < len(s):
+			i++
+			switch e := s[i]; e {
+			case 'b':
+				b.WriteByte('\b')
+			case 'f':
+				b.WriteByte('\f')
+			case 'n':
+				b.WriteByte('\n')
+			case 'r':
+				b.WriteByte('\r')
+			case 't':
+				b.WriteByte('\t')
+			default:
+				if '0' <= e && e <= '7' {
+					v, j := 0, i
+					for ; j < len(s) && j < i+3 && '0' <= s[j] && s[j] <= '7'; j++ {
+						v = v*8 + int(s[j]-'0')
+					}
+					b.WriteByte(byte(v))
+					i = j - 1
+				} else {
+					b.WriteByte(e)
+				}
+			}
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return "", "", false // unterminated
+}

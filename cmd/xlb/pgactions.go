@@ -1,0 +1,744 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/xlb-dev/xlb/control"
+	"github.com/xlb-dev/xlb/health"
+)
+
+// pgActions carries out the controller's decisions on PostgreSQL nodes
+// over pgx (control.Promoter): it promotes, repoints, sets synchronous
+// standbys and stops writes, connecting as an administrative role for each
+// action and closing the connection after it.
+//
+// The role needs pg_promote, ALTER SYSTEM, pg_reload_conf,
+// pg_terminate_backend of every session, pg_create_physical_replication_slot
+// and to read primary_conninfo: a superuser in practice.
+//
+// # Bounds
+//
+// timeout bounds connecting and every statement. An action ends when its
+// ctx does; without a deadline on ctx it ends after maxWait. Waits for a
+// condition (a promotion, a WAL receiver streaming, a reload) poll every
+// pollEvery within that bound.
+type pgActions struct {
+	user, database, password string
+	timeout                  time.Duration
+	// pollEvery is the interval of condition polls; default 10 ms.
+	pollEvery time.Duration
+	// maxWait bounds an action whose ctx has no deadline; default 30 s.
+	maxWait time.Duration
+}
+
+var _ control.Promoter = (*pgActions)(nil)
+
+// newPGActions returns a Promoter that logs in as user to database with
+// password on every node, bounding connections and statements by timeout.
+// It does not connect yet.
+func newPGActions(user, database, password string, timeout time.Duration) *pgActions {
+	return &pgActions{user: user, database: database, password: password, timeout: timeout,
+		pollEvery: 10 * time.Millisecond, maxWait: 30 * time.Second}
+}
+
+// SQLSTATEs the actions tell apart.
+const (
+	sqlstateNotInPrerequisiteState = "55000" // pg_promote on a primary: recovery is not in progress
+	sqlstateDuplicateObject        = "42710" // the replication slot exists already
+)
+
+// Promote makes replica n a primary: pg_promote(wait => false), then a
+// poll of pg_is_in_recovery() every pollEvery until it is false (the
+// server's own wait polls every 100 ms, four times a promotion's length),
+// then AllowWrites, so a node that StopWrites fenced takes writes again.
+// A node that is a primary already only gets AllowWrites. It returns an
+// error naming n when a step fails or ctx ends first.
+func (a *pgActions) Promote(ctx context.Context, n control.Node) error {
+	ctx, cancel := a.bound(ctx)
+	defer cancel()
+	start := time.Now()
+	conn, err := a.connect(ctx, n.Addr.Addr().String(), n.Addr.Port())
+	if err != nil {
+		return fmt.Errorf("promoting %s: %w", n.Name, err)
+	}
+	defer a.close(conn)
+
+	rec, err := a.inRecovery(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("promoting %s: %w", n.Name, err)
+	}
+	if rec {
+		var signalled bool
+		err := a.queryRow(ctx, conn, "SELECT pg_promote(wait => false)").Scan(&signalled)
+		switch {
+		case sqlState(err) == sqlstateNotInPrerequisiteState:
+			// Promoted by someone else since the check: done below.
+		case err != nil:
+			return fmt.Errorf("promoting %s: running pg_promote: %w", n.Name, err)
+		case !signalled:
+			return fmt.Errorf("promoting %s: pg_promote could not signal the postmaster", n.Name)
+		}
+		err = a.poll(ctx, func(ctx context.Context) (bool, error) {
+			rec, err := a.inRecovery(ctx, conn)
+			return err == nil && !rec, err
+		})
+		if err != nil {
+			return fmt.Errorf("promoting %s: waiting for the end of recovery: %w", n.Name, err)
+		}
+		slog.Debug("out of recovery", "node", n.Name, "took", time.Since(start))
+	}
+	if err := a.allowWrites(ctx, conn); err != nil {
+		return fmt.Errorf("promoting %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// AllowWrites undoes StopWrites on n: ALTER SYSTEM RESET
+// default_transaction_read_only and a reload, confirmed by a poll of the
+// setting. It does nothing when n is not read-only by default. It returns
+// an error naming n when a step fails, or when the setting stays on (set
+// in postgresql.conf, which ALTER SYSTEM cannot undo).
+func (a *pgActions) AllowWrites(ctx context.Context, n control.Node) error {
+	ctx, cancel := a.bound(ctx)
+	defer cancel()
+	conn, err := a.connect(ctx, n.Addr.Addr().String(), n.Addr.Port())
+	if err != nil {
+		return fmt.Errorf("allowing writes on %s: %w", n.Name, err)
+	}
+	defer a.close(conn)
+	if err := a.allowWrites(ctx, conn); err != nil {
+		return fmt.Errorf("allowing writes on %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+func (a *pgActions) allowWrites(ctx context.Context, conn *pgx.Conn) error {
+	if on, err := a.show(ctx, conn, "default_transaction_read_only"); err != nil || on == "off" {
+		return err
+	}
+	if err := a.exec(ctx, conn, "ALTER SYSTEM RESET default_transaction_read_only"); err != nil {
+		return fmt.Errorf("resetting default_transaction_read_only: %w", err)
+	}
+	return a.reloadUntil(ctx, conn, "default_transaction_read_only", "off")
+}
+
+// Follow points replica n at primary p. On p it creates n's replication
+// slot when n names one (primary_slot_name) and p lacks it. On n it
+// replaces host and port of primary_conninfo with p's, keeping every other
+// keyword (user, passfile, application_name, TLS…) and dropping hostaddr,
+// sets recovery_target_timeline to latest and reloads: PostgreSQL 15
+// restarts the WAL receiver with the new primary_conninfo. It returns once
+// n's pg_stat_wal_receiver shows it streaming from p, or an error naming n
+// and p when a step fails, n is not a replica, or ctx ends first (a
+// replica that replayed past p's promotion point cannot follow p without
+// a rewind).
+func (a *pgActions) Follow(ctx context.Context, n, p control.Node) error {
+	ctx, cancel := a.bound(ctx)
+	defer cancel()
+	start := time.Now()
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("repointing %s at %s: "+format, append([]any{n.Name, p.Name}, args...)...)
+	}
+	conn, err := a.connect(ctx, n.Addr.Addr().String(), n.Addr.Port())
+	if err != nil {
+		return fail("%w", err)
+	}
+	defer a.close(conn)
+	var (
+		rec            bool
+		conninfo, slot string
+	)
+	err = a.queryRow(ctx, conn, "SELECT pg_is_in_recovery(), current_setting('primary_conninfo'), current_setting('primary_slot_name')").
+		Scan(&rec, &conninfo, &slot)
+	if err != nil {
+		return fail("reading primary_conninfo: %w", err)
+	}
+	if !rec {
+		return fail("%s is not a replica", n.Name)
+	}
+	if slot != "" {
+		if err := a.ensureSlot(ctx, p.Addr.Addr().String(), p.Addr.Port(), slot); err != nil {
+			return fail("%w", err)
+		}
+	}
+	kv, err := parseConnInfo(conninfo)
+	if err != nil {
+		// The error quotes no value: primary_conninfo may hold a password.
+		return fail("%w", err)
+	}
+	host, port := p.Addr.Addr().String(), strconv.Itoa(int(p.Addr.Port()))
+	kv.set("host", host)
+	kv.set("port", port)
+	kv.del("hostaddr")
+	for _, step := range []struct{ what, sql string }{
+		{"setting primary_conninfo", "ALTER SYSTEM SET primary_conninfo = " + quoteLiteral(kv.String())},
+		{"setting recovery_target_timeline", "ALTER SYSTEM SET recovery_target_timeline = 'latest'"},
+		{"reloading the configuration", "SELECT pg_reload_conf()"},
+	} {
+		if err := a.exec(ctx, conn, step.sql); err != nil {
+			return fail("%s: %w", step.what, err)
+		}
+	}
+	var last string
+	err = a.poll(ctx, func(ctx context.Context) (bool, error) {
+		var status, senderHost *string
+		var senderPort *int32
+		err := a.queryRow(ctx, conn, "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver").
+			Scan(&status, &senderHost, &senderPort)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			last = "no WAL receiver"
+			return false, nil
+		case err != nil:
+			return false, err
+		}
+		last = fmt.Sprintf("WAL receiver %s from %s", deref(status), net.JoinHostPort(deref(senderHost), strconv.Itoa(int(derefInt(senderPort)))))
+		return deref(status) == "streaming" && deref(senderHost) == host && derefInt(senderPort) == int32(p.Addr.Port()), nil
+	})
+	if err != nil {
+		return fail("waiting for streaming from %v (%s): %w", p.Addr, last, err)
+	}
+	slog.Debug("streaming", "node", n.Name, "primary", p.Name, "took", time.Since(start))
+	return nil
+}
+
+// ensureSlot creates the physical replication slot on the server at
+// host:port, reserving WAL at once, unless it exists.
+func (a *pgActions) ensureSlot(ctx context.Context, host string, port uint16, slot string) error {
+	conn, err := a.connect(ctx, host, port)
+	if err != nil {
+		return err
+	}
+	defer a.close(conn)
+	var exists bool
+	if err := a.queryRow(ctx, conn, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&exists); err != nil {
+		return fmt.Errorf("looking up replication slot %q: %w", slot, err)
+	}
+	if exists {
+		return nil
+	}
+	err = a.exec(ctx, conn, "SELECT pg_create_physical_replication_slot($1, true)", slot)
+	if err != nil && sqlState(err) != sqlstateDuplicateObject {
+		return fmt.Errorf("creating replication slot %q: %w", slot, err)
+	}
+	slog.Info("replication slot created", "slot", slot, "server", net.JoinHostPort(host, strconv.Itoa(int(port))))
+	return nil
+}
+
+// SetSynchronous sets synchronous_standby_names on primary p to
+// ANY 1 ("name", …), the names being the standbys' application_name (xlb's
+// node names), or RESETs it when names is empty; then it reloads and
+// polls SHOW until the server applies it. It returns an error naming p
+// when a step fails or ctx ends first (also when postgresql.conf sets the
+// value a RESET falls back to).
+func (a *pgActions) SetSynchronous(ctx context.Context, p control.Node, names []string) error {
+	ctx, cancel := a.bound(ctx)
+	defer cancel()
+	want := syncStandbyNames(names)
+	conn, err := a.connect(ctx, p.Addr.Addr().String(), p.Addr.Port())
+	if err != nil {
+		return fmt.Errorf("setting synchronous standbys on %s: %w", p.Name, err)
+	}
+	defer a.close(conn)
+	stmt := "ALTER SYSTEM RESET synchronous_standby_names"
+	if want != "" {
+		stmt = "ALTER SYSTEM SET synchronous_standby_names = " + quoteLiteral(want)
+	}
+	if err := a.exec(ctx, conn, stmt); err != nil {
+		return fmt.Errorf("setting synchronous standbys on %s: %w", p.Name, err)
+	}
+	if err := a.reloadUntil(ctx, conn, "synchronous_standby_names", want); err != nil {
+		return fmt.Errorf("setting synchronous standbys on %s: %w", p.Name, err)
+	}
+	return nil
+}
+
+// syncStandbyNames returns the synchronous_standby_names value that makes
+// a commit wait for any one of names: ANY 1 ("pg2", "pg3"), each name a
+// quoted identifier; "" for none.
+func syncStandbyNames(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = quoteIdent(n)
+	}
+	return "ANY 1 (" + strings.Join(q, ", ") + ")"
+}
+
+// StopWrites makes primary p refuse writes: ALTER SYSTEM SET
+// default_transaction_read_only = on and a reload, confirmed in its own
+// session (the postmaster reloads before it signals the backends, so every
+// session that starts afterwards is read-only), then pg_terminate_backend
+// of every other client backend, waiting for each to exit; walsenders stay,
+// so the replicas receive everything. It returns pg_current_wal_lsn()
+// after that, or an error naming p when a step fails or ctx ends first.
+// AllowWrites (or Promote) undoes it.
+func (a *pgActions) StopWrites(ctx context.Context, p control.Node) (uint64, error) {
+	ctx, cancel := a.bound(ctx)
+	defer cancel()
+	fail := func(err error) (uint64, error) { return 0, fmt.Errorf("stopping writes on %s: %w", p.Name, err) }
+	conn, err := a.connect(ctx, p.Addr.Addr().String(), p.Addr.Port())
+	if err != nil {
+		return fail(err)
+	}
+	defer a.close(conn)
+	if err := a.exec(ctx, conn, "ALTER SYSTEM SET default_transaction_read_only = on"); err != nil {
+		return fail(fmt.Errorf("setting default_transaction_read_only: %w", err))
+	}
+	if err := a.reloadUntil(ctx, conn, "default_transaction_read_only", "on"); err != nil {
+		return fail(err)
+	}
+	// pg_terminate_backend waits up to its timeout (ms) for each exit.
+	waitMS := max(1, a.timeout.Milliseconds()/2)
+	var total, left int64
+	err = a.queryRow(ctx, conn, `SELECT count(*), count(*) FILTER (WHERE NOT t) FROM (
+		SELECT pg_terminate_backend(pid, $1) AS t FROM pg_stat_activity
+		WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) s`, waitMS).Scan(&total, &left)
+	if err != nil {
+		return fail(fmt.Errorf("terminating client sessions: %w", err))
+	}
+	if left > 0 {
+		return fail(fmt.Errorf("terminating client sessions: %d of %d still running after %d ms", left, total, waitMS))
+	}
+	var s string
+	if err := a.queryRow(ctx, conn, "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
+		return fail(fmt.Errorf("reading the WAL position: %w", err))
+	}
+	lsn, err := health.ParseLSN(s)
+	if err != nil {
+		return fail(err)
+	}
+	slog.Info("writes stopped", "node", p.Name, "sessions_ended", total, "lsn", lsn)
+	return uint64(lsn), nil
+}
+
+// reloadUntil runs pg_reload_conf() and polls SHOW name in the same
+// session until it reads want: the backend applies a reload when the
+// postmaster, done reloading, signals it.
+func (a *pgActions) reloadUntil(ctx context.Context, conn *pgx.Conn, name, want string) error {
+	if err := a.exec(ctx, conn, "SELECT pg_reload_conf()"); err != nil {
+		return fmt.Errorf("reloading the configuration: %w", err)
+	}
+	var got string
+	err := a.poll(ctx, func(ctx context.Context) (bool, error) {
+		var err error
+		got, err = a.show(ctx, conn, name)
+		return err == nil && got == want, err
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for %s = %q after a reload (it is %q; does postgresql.conf set it?): %w", name, want, got, err)
+	}
+	return nil
+}
+
+// bound returns ctx, or ctx limited to maxWait when it has no deadline.
+func (a *pgActions) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, a.maxWait)
+}
+
+// connect opens an administrative connection to host:port (see pgConnect).
+func (a *pgActions) connect(ctx context.Context, host string, port uint16) (*pgx.Conn, error) {
+	return pgConnect(ctx, host, port, a.user, a.database, a.password, a.timeout)
+}
+
+// pgConnect opens a connection built field by field, as health's probes
+// do: the password never passes through a connection string, the simple
+// protocol (no prepared statements), application_name xlb, TLS off, and
+// timeout bounding the dial and the login.
+func pgConnect(ctx context.Context, host string, port uint16, user, database, password string, timeout time.Duration) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig("sslmode=disable")
+	if err != nil {
+		return nil, fmt.Errorf("building connection config: %w", err)
+	}
+	cfg.Host, cfg.Port = host, port
+	cfg.User, cfg.Database, cfg.Password = user, database, password
+	cfg.TLSConfig, cfg.Fallbacks = nil, nil
+	cfg.ConnectTimeout = timeout
+	cfg.DialFunc = (&net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Second}).DialContext
+	cfg.RuntimeParams = map[string]string{"application_name": health.ApplicationName}
+	cfg.ValidateConnect, cfg.AfterConnect = nil, nil
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	cfg.StatementCacheCapacity, cfg.DescriptionCacheCapacity = 0, 0
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s as %s: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), user, err)
+	}
+	return conn, nil
+}
+
+// close closes conn, bounded by the timeout.
+func (a *pgActions) close(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+	defer cancel()
+	conn.Close(ctx)
+}
+
+// exec runs one statement, bounded by the timeout.
+func (a *pgActions) exec(ctx context.Context, conn *pgx.Conn, sql string, args ...any) error {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	_, err := conn.Exec(ctx, sql, args...)
+	return err
+}
+
+// queryRow runs one query bounded by the timeout; the bound holds until
+// Scan, which reads the row.
+func (a *pgActions) queryRow(ctx context.Context, conn *pgx.Conn, sql string, args ...any) pgx.Row {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	return cancelRow{conn.QueryRow(ctx, sql, args...), cancel}
+}
+
+type cancelRow struct {
+	pgx.Row
+	cancel context.CancelFunc
+}
+
+func (r cancelRow) Scan(dst ...any) error {
+	defer r.cancel()
+	return r.Row.Scan(dst...)
+}
+
+func (a *pgActions) inRecovery(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var rec bool
+	if err := a.queryRow(ctx, conn, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
+		return false, fmt.Errorf("reading pg_is_in_recovery: %w", err)
+	}
+	return rec, nil
+}
+
+func (a *pgActions) show(ctx context.Context, conn *pgx.Conn, name string) (string, error) {
+	var v string
+	if err := a.queryRow(ctx, conn, "SELECT current_setting($1)", name).Scan(&v); err != nil {
+		return "", fmt.Errorf("reading %s: %w", name, err)
+	}
+	return v, nil
+}
+
+// poll calls ok every pollEvery until it returns true or ctx ends; then it
+// returns ctx's error joined with ok's last one.
+func (a *pgActions) poll(ctx context.Context, ok func(context.Context) (bool, error)) error {
+	return pollEvery(ctx, a.pollEvery, ok)
+}
+
+// pollEvery calls ok every interval until it returns true or ctx ends; then
+// it returns ctx's error joined with ok's last one.
+func pollEvery(ctx context.Context, interval time.Duration, ok func(context.Context) (bool, error)) error {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		done, err := ok(ctx)
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+			}
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// sqlState returns err's SQLSTATE, or "" when it carries none.
+func sqlState(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func derefInt(i *int32) int32 {
+	if i == nil {
+		return 0
+	}
+	return *i
+}
+
+// quoteIdent quotes s as an SQL identifier: "s", inner quotes doubled.
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// quoteLiteral quotes s as an SQL string literal as PostgreSQL's
+// quote_literal does: inner quotes doubled, and when s holds a backslash,
+// an E'...' literal with backslashes doubled, which reads the same whatever
+// standard_conforming_strings is.
+func quoteLiteral(s string) string {
+	q := strings.ReplaceAll(s, "'", "''")
+	if strings.Contains(s, `\`) {
+		return `E'` + strings.ReplaceAll(q, `\`, `\\`) + `'`
+	}
+	return "'" + q + "'"
+}
+
+// connInfo is a libpq connection string (primary_conninfo) as its
+// keyword/value pairs, in order.
+type connInfo []connParam
+
+type connParam struct{ Key, Value string }
+
+// errConnInfo means a connection string is malformed. Errors wrapping it
+// give a byte offset, never a keyword or value: the string may hold a
+// password.
+var errConnInfo = errors.New("malformed connection string")
+
+// parseConnInfo parses a libpq connection string as libpq does: either
+// keyword = value pairs separated by whitespace, a value in single quotes
+// when it holds whitespace or is empty, a backslash taking the next
+// character literally (quoted or not); or a postgresql:// (postgres://)
+// URI, whose parts become the pairs user, password, host, port, dbname and
+// then its parameters, percent-decoded. Keywords must be letters, digits
+// and underscores but are not checked against libpq's list.
+func parseConnInfo(s string) (connInfo, error) {
+	if strings.HasPrefix(s, "postgresql://") || strings.HasPrefix(s, "postgres://") {
+		return parseConnURI(s)
+	}
+	var c connInfo
+	i := 0
+	skip := func() {
+		for i < len(s) && isConnSpace(s[i]) {
+			i++
+		}
+	}
+	for {
+		skip()
+		if i == len(s) {
+			return c, nil
+		}
+		start := i
+		for i < len(s) && s[i] != '=' && !isConnSpace(s[i]) {
+			i++
+		}
+		key := s[start:i]
+		skip()
+		if key == "" || i == len(s) || s[i] != '=' {
+			return nil, fmt.Errorf("%w: keyword without \"=\" at byte %d", errConnInfo, start)
+		}
+		if !isConnKeyword(key) {
+			return nil, fmt.Errorf("%w: bad keyword at byte %d", errConnInfo, start)
+		}
+		i++
+		skip()
+		var v strings.Builder
+		if i < len(s) && s[i] == '\'' {
+			open := i
+			i++
+			for {
+				if i == len(s) {
+					return nil, fmt.Errorf("%w: unterminated quoted value at byte %d", errConnInfo, open)
+				}
+				if s[i] == '\\' && i+1 < len(s) {
+					v.WriteByte(s[i+1])
+					i += 2
+					continue
+				}
+				if s[i] == '\'' {
+					i++
+					break
+				}
+				v.WriteByte(s[i])
+				i++
+			}
+		} else {
+			for i < len(s) && !isConnSpace(s[i]) {
+				if s[i] == '\\' && i+1 < len(s) {
+					i++
+				}
+				v.WriteByte(s[i])
+				i++
+			}
+		}
+		c.set(key, v.String())
+	}
+}
+
+// parseConnURI parses a postgresql:// URI (see parseConnInfo).
+func parseConnURI(s string) (connInfo, error) {
+	_, rest, _ := strings.Cut(s, "://")
+	rest, query, _ := strings.Cut(rest, "?")
+	netloc, path, _ := strings.Cut(rest, "/")
+	var c connInfo
+	unescape := func(what, v string) (string, error) {
+		u, err := url.PathUnescape(v)
+		if err != nil {
+			return "", fmt.Errorf("%w: bad percent-encoding in the URI's %s", errConnInfo, what)
+		}
+		return u, nil
+	}
+	if at := strings.LastIndexByte(netloc, '@'); at >= 0 {
+		user, pass, hasPass := strings.Cut(netloc[:at], ":")
+		netloc = netloc[at+1:]
+		if user != "" {
+			u, err := unescape("user", user)
+			if err != nil {
+				return nil, err
+			}
+			c.set("user", u)
+		}
+		if hasPass {
+			p, err := unescape("password", pass)
+			if err != nil {
+				return nil, err
+			}
+			c.set("password", p)
+		}
+	}
+	if netloc != "" {
+		var hosts, ports []string
+		anyPort := false
+		for _, hp := range strings.Split(netloc, ",") {
+			host, port := hp, ""
+			if strings.HasPrefix(hp, "[") {
+				end := strings.IndexByte(hp, ']')
+				if end < 0 {
+					return nil, fmt.Errorf("%w: unterminated [ in the URI's host", errConnInfo)
+				}
+				host, port = hp[1:end], strings.TrimPrefix(hp[end+1:], ":")
+			} else {
+				host, port, _ = strings.Cut(hp, ":")
+			}
+			h, err := unescape("host", host)
+			if err != nil {
+				return nil, err
+			}
+			hosts, ports = append(hosts, h), append(ports, port)
+			anyPort = anyPort || port != ""
+		}
+		c.set("host", strings.Join(hosts, ","))
+		if anyPort {
+			c.set("port", strings.Join(ports, ","))
+		}
+	}
+	if path != "" {
+		db, err := unescape("database", path)
+		if err != nil {
+			return nil, err
+		}
+		c.set("dbname", db)
+	}
+	if query != "" {
+		for _, kv := range strings.Split(query, "&") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return nil, fmt.Errorf("%w: URI parameter without \"=\"", errConnInfo)
+			}
+			k, err := unescape("parameters", k)
+			if err != nil {
+				return nil, err
+			}
+			if !isConnKeyword(k) {
+				return nil, fmt.Errorf("%w: bad keyword in the URI's parameters", errConnInfo)
+			}
+			if v, err = unescape("parameters", v); err != nil {
+				return nil, err
+			}
+			c.set(k, v)
+		}
+	}
+	return c, nil
+}
+
+// isConnKeyword reports whether s can be a libpq keyword: letters, digits
+// and underscores (libpq rejects any other as unknown).
+func isConnKeyword(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || '0' <= c && c <= '9' || 'a' <= c|0x20 && c|0x20 <= 'z') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// isConnSpace is libpq's isspace for connection strings.
+func isConnSpace(b byte) bool {
+	return b == ' ' || b == '\t' || b == '\n' || b == '\v' || b == '\f' || b == '\r'
+}
+
+// get returns key's value and whether it is set.
+func (c connInfo) get(key string) (string, bool) {
+	for _, p := range c {
+		if p.Key == key {
+			return p.Value, true
+		}
+	}
+	return "", false
+}
+
+// set replaces key's value where it is, or appends the pair; a key set
+// twice (libpq: the last wins) keeps one pair.
+func (c *connInfo) set(key, value string) {
+	found := false
+	out := (*c)[:0]
+	for _, p := range *c {
+		if p.Key == key {
+			if found {
+				continue
+			}
+			p.Value, found = value, true
+		}
+		out = append(out, p)
+	}
+	if !found {
+		out = append(out, connParam{key, value})
+	}
+	*c = out
+}
+
+// del removes key.
+func (c *connInfo) del(key string) {
+	out := (*c)[:0]
+	for _, p := range *c {
+		if p.Key != key {
+			out = append(out, p)
+		}
+	}
+	*c = out
+}
+
+// String returns c in keyword=value form, quoting a value that is empty or
+// holds whitespace, a quote or a backslash: parseConnInfo(c.String())
+// gives c back.
+func (c connInfo) String() string {
+	parts := make([]string, len(c))
+	for i, p := range c {
+		parts[i] = p.Key + "=" + quoteConnValue(p.Value)
+	}
+	return strings.Join(parts, " ")
+}
+
+// quoteConnValue quotes a libpq connection string value when it must be.
+func quoteConnValue(s string) string {
+	plain := s != ""
+	for i := 0; i < len(s) && plain; i++ {
+		plain = !isConnSpace(s[i]) && s[i] != '\'' && s[i] != '\\'
+	}
+	if plain {
+		return s
+	}
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
