@@ -20,4 +20,7 @@ volatile const __u64 cfg_closed_timeout_ns = 60ULL * 1000000000ULL;
 /* An idle, unclosed flow's SNAT port is reused after this long. */
 volatile const __u64 cfg_idle_timeout_ns = 24ULL * 3600 * 1000000000ULL;
 
+/* Non-zero: the VIP is owned only while lease_map holds a live lease. */
+volatile const __u8 cfg_lease = 0;
+
 #endif /* XLB_CONFIG_H */

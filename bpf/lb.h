@@ -48,4 +48,16 @@ static __always_inline struct xlb_backend *backend_alive(__u32 id)
 	return be;
 }
 
+/* vip_owned reports whether this node may take new traffic for the VIP. */
+static __always_inline int vip_owned(void)
+{
+	__u32 key = 0;
+	struct xlb_lease *l;
+
+	if (!cfg_lease)
+		return 1;
+	l = bpf_map_lookup_elem(&lease_map, &key);
+	return l && l->expires_ns > bpf_ktime_get_coarse_ns();
+}
+
 #endif /* XLB_LB_H */

@@ -70,4 +70,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats_map SEC(".maps");
 
+/* lease_map holds this node's VIP lease (one entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xlb_lease);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lease_map SEC(".maps");
+
 #endif /* XLB_MAPS_H */

@@ -14,6 +14,7 @@
 
 #define ETH_ALEN 6
 #define ETH_P_IP 0x0800
+#define ETH_P_ARP 0x0806
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define IP_MF 0x2000
@@ -67,6 +68,19 @@ struct udp_hdr {
 	__be16 len;
 	__sum16 check;
 };
+
+/* arp_ipv4 is an Ethernet/IPv4 ARP packet after the Ethernet header. */
+struct arp_ipv4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 oper;
+	__u8 sha[ETH_ALEN];
+	__be32 spa;
+	__u8 tha[ETH_ALEN];
+	__be32 tpa;
+} __attribute__((packed));
 
 /* hdr_ok reports whether size bytes at p lie inside the packet. */
 static __always_inline int hdr_ok(const void *p, __u32 size, const void *data_end)

@@ -31,6 +31,7 @@ enum xlb_drop {
 	XLB_DROP_SNAT_EXHAUSTED,	/* no free SNAT port after bounded retries */
 	XLB_DROP_NO_FLOW,		/* non-SYN without a flow (RST sent unless it was a RST) */
 	XLB_DROP_NO_ROUTE,		/* bpf_fib_lookup failed: no route, or forwarding off on the interface */
+	XLB_DROP_NOT_OWNER,		/* ARP for the VIP or a new flow while this node's VIP lease lapsed */
 	XLB_DROP__MAX,
 };
 
@@ -101,6 +102,14 @@ struct xlb_flow {
 	enum xlb_flow_flags flags;
 	__u8 pad[5];
 	__u64 last_seen;	/* bpf_ktime_get_coarse_ns, refreshed at most every second */
+};
+
+/* xlb_lease is this node's claim on the VIP, renewed by the daemon while it
+ * is the VRRP master. When it lapses (the daemon died, or lost mastership),
+ * XDP stops answering ARP for the VIP and refuses new flows, so a host whose
+ * daemon was killed cannot keep taking traffic after the peer took over. */
+struct xlb_lease {
+	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns deadline; 0 = none */
 };
 
 #endif /* XLB_STRUCTS_H */

@@ -31,6 +31,9 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 				    struct tcp_hdr *tcp, __u32 svc, struct xlb_flow_key *fk)
 {
 	__u32 ports = ((__u32)tcp->sport << 16) | tcp->dport;
+	if (!vip_owned())
+		return drop(svc_slot(svc), XLB_DROP_NOT_OWNER);
+
 	__u32 id = maglev_pick(svc, hash_3words(ip->saddr, ip->daddr, ports, HASH_SEED_MAGLEV));
 	struct xlb_backend *be = backend_alive(id);
 
@@ -241,6 +244,19 @@ static __always_inline int handle_reply(struct xdp_md *ctx, void *data_end, stru
 	return send(ctx, f);
 }
 
+/* handle_arp drops ARP asking for the VIP while this node does not own it,
+ * so clients and switches learn the owner's MAC only. */
+static __always_inline int handle_arp(void *data_end, struct eth_hdr *eth)
+{
+	struct arp_ipv4 *arp = (void *)(eth + 1);
+
+	if (!cfg_lease || !hdr_ok(arp, sizeof(*arp), data_end) || arp->tpa != cfg_vip)
+		return XDP_PASS;
+	if (vip_owned())
+		return XDP_PASS;
+	return drop(XLB_STATS_GLOBAL, XLB_DROP_NOT_OWNER);
+}
+
 SEC("xdp")
 int xlb_xdp(struct xdp_md *ctx)
 {
@@ -249,7 +265,11 @@ int xlb_xdp(struct xdp_md *ctx)
 	struct eth_hdr *eth = data;
 	struct ipv4_hdr *ip = (void *)(eth + 1);
 
-	if (!hdr_ok(eth, sizeof(*eth), data_end) || eth->proto != bpf_htons(ETH_P_IP))
+	if (!hdr_ok(eth, sizeof(*eth), data_end))
+		return XDP_PASS;
+	if (eth->proto == bpf_htons(ETH_P_ARP))
+		return handle_arp(data_end, eth);
+	if (eth->proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
 	if (!hdr_ok(ip, sizeof(*ip), data_end))
 		return XDP_PASS;

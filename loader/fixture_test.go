@@ -59,6 +59,12 @@ type fixture struct {
 
 func newFixture(tb testing.TB, ports loader.PortRange) *fixture {
 	tb.Helper()
+	return newFixtureWith(tb, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true})
+}
+
+// newFixtureWith is newFixture with a datapath loaded from cfg.
+func newFixtureWith(tb testing.TB, cfg loader.Config) *fixture {
+	tb.Helper()
 	lab.RequirePrivileged(tb)
 	ns, err := lab.NewNamespace(lab.TestPrefix() + "dp")
 	if err != nil {
@@ -88,7 +94,7 @@ func newFixture(tb testing.TB, ports loader.PortRange) *fixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	dp, err := loader.Load(loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true})
+	dp, err := loader.Load(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -75,6 +75,10 @@ type Config struct {
 	// SkipPortCheck skips the ip_local_port_range check (for Program.Run tests
 	// that never open sockets).
 	SkipPortCheck bool
+	// Lease makes VIP ownership depend on a lease the daemon renews
+	// (RenewLease): while it lapses, XDP drops ARP for the VIP and new flows.
+	// Off, the node always owns the VIP (one LB, no election).
+	Lease bool
 }
 
 func (c *Config) setDefaults() {
@@ -154,6 +158,7 @@ func Load(cfg Config) (*Datapath, error) {
 		{xlbVarCfgSnatPortMax, cfg.SNATPorts.Max},
 		{xlbVarCfgClosedTimeoutNs, uint64(cfg.ClosedTimeout.Nanoseconds())},
 		{xlbVarCfgIdleTimeoutNs, uint64(cfg.IdleTimeout.Nanoseconds())},
+		{xlbVarCfgLease, boolByte(cfg.Lease)},
 	}
 	for _, v := range vars {
 		if err := spec.Variables[v.name].Set(v.val); err != nil {
@@ -225,7 +230,7 @@ func (d *Datapath) Unpin() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, m := range []*ebpf.Map{d.objs.FlowMap, d.objs.BackendMap, d.objs.MaglevMap, d.objs.StatsMap} {
+	for _, m := range []*ebpf.Map{d.objs.FlowMap, d.objs.BackendMap, d.objs.MaglevMap, d.objs.StatsMap, d.objs.LeaseMap} {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, err)
 		}
@@ -296,4 +301,11 @@ func portOf(w uint16) uint16 {
 	var b [2]byte
 	binary.NativeEndian.PutUint16(b[:], w)
 	return binary.BigEndian.Uint16(b[:])
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -20,6 +20,7 @@ var DropReasons = map[xlbXlbDrop]string{
 	xlbXlbDropXLB_DROP_SNAT_EXHAUSTED: "snat_exhausted",
 	xlbXlbDropXLB_DROP_NO_FLOW:        "no_flow",
 	xlbXlbDropXLB_DROP_NO_ROUTE:       "no_route",
+	xlbXlbDropXLB_DROP_NOT_OWNER:      "not_owner",
 }
 
 // Counters are one slot's counters summed over CPUs.

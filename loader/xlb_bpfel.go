@@ -33,7 +33,7 @@ type xlbXlbCounters struct {
 	NewFlows  uint64
 	Rsts      uint64
 	NeighPass uint64
-	Drops     [11]uint64
+	Drops     [12]uint64
 }
 
 type xlbXlbDrop uint32
@@ -50,7 +50,8 @@ const (
 	xlbXlbDropXLB_DROP_SNAT_EXHAUSTED xlbXlbDrop = 8
 	xlbXlbDropXLB_DROP_NO_FLOW        xlbXlbDrop = 9
 	xlbXlbDropXLB_DROP_NO_ROUTE       xlbXlbDrop = 10
-	xlbXlbDropXLB_DROP__MAX           xlbXlbDrop = 11
+	xlbXlbDropXLB_DROP_NOT_OWNER      xlbXlbDrop = 11
+	xlbXlbDropXLB_DROP__MAX           xlbXlbDrop = 12
 )
 
 type xlbXlbFlow struct {
@@ -93,6 +94,11 @@ type xlbXlbFlowKey struct {
 	Dport uint16
 }
 
+type xlbXlbLease struct {
+	_         structs.HostLayout
+	ExpiresNs uint64
+}
+
 type xlbXlbService uint8
 
 const (
@@ -115,11 +121,13 @@ const (
 const (
 	xlbMapBackendMap         = "backend_map"
 	xlbMapFlowMap            = "flow_map"
+	xlbMapLeaseMap           = "lease_map"
 	xlbMapMaglevMap          = "maglev_map"
 	xlbMapStatsMap           = "stats_map"
 	xlbProgXlbXdp            = "xlb_xdp"
 	xlbVarCfgClosedTimeoutNs = "cfg_closed_timeout_ns"
 	xlbVarCfgIdleTimeoutNs   = "cfg_idle_timeout_ns"
+	xlbVarCfgLease           = "cfg_lease"
 	xlbVarCfgPortRo          = "cfg_port_ro"
 	xlbVarCfgPortRw          = "cfg_port_rw"
 	xlbVarCfgSnatAddr        = "cfg_snat_addr"
@@ -179,6 +187,7 @@ type xlbProgramSpecs struct {
 type xlbMapSpecs struct {
 	BackendMap *ebpf.MapSpec `ebpf:"backend_map"`
 	FlowMap    *ebpf.MapSpec `ebpf:"flow_map"`
+	LeaseMap   *ebpf.MapSpec `ebpf:"lease_map"`
 	MaglevMap  *ebpf.MapSpec `ebpf:"maglev_map"`
 	StatsMap   *ebpf.MapSpec `ebpf:"stats_map"`
 }
@@ -189,6 +198,7 @@ type xlbMapSpecs struct {
 type xlbVariableSpecs struct {
 	CfgClosedTimeoutNs *ebpf.VariableSpec `ebpf:"cfg_closed_timeout_ns"`
 	CfgIdleTimeoutNs   *ebpf.VariableSpec `ebpf:"cfg_idle_timeout_ns"`
+	CfgLease           *ebpf.VariableSpec `ebpf:"cfg_lease"`
 	CfgPortRo          *ebpf.VariableSpec `ebpf:"cfg_port_ro"`
 	CfgPortRw          *ebpf.VariableSpec `ebpf:"cfg_port_rw"`
 	CfgSnatAddr        *ebpf.VariableSpec `ebpf:"cfg_snat_addr"`
@@ -219,6 +229,7 @@ func (o *xlbObjects) Close() error {
 type xlbMaps struct {
 	BackendMap *ebpf.Map `ebpf:"backend_map"`
 	FlowMap    *ebpf.Map `ebpf:"flow_map"`
+	LeaseMap   *ebpf.Map `ebpf:"lease_map"`
 	MaglevMap  *ebpf.Map `ebpf:"maglev_map"`
 	StatsMap   *ebpf.Map `ebpf:"stats_map"`
 }
@@ -227,6 +238,7 @@ func (m *xlbMaps) Close() error {
 	return _XlbClose(
 		m.BackendMap,
 		m.FlowMap,
+		m.LeaseMap,
 		m.MaglevMap,
 		m.StatsMap,
 	)
@@ -238,6 +250,7 @@ func (m *xlbMaps) Close() error {
 type xlbVariables struct {
 	CfgClosedTimeoutNs *ebpf.Variable `ebpf:"cfg_closed_timeout_ns"`
 	CfgIdleTimeoutNs   *ebpf.Variable `ebpf:"cfg_idle_timeout_ns"`
+	CfgLease           *ebpf.Variable `ebpf:"cfg_lease"`
 	CfgPortRo          *ebpf.Variable `ebpf:"cfg_port_ro"`
 	CfgPortRw          *ebpf.Variable `ebpf:"cfg_port_rw"`
 	CfgSnatAddr        *ebpf.Variable `ebpf:"cfg_snat_addr"`
