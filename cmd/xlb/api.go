@@ -17,6 +17,7 @@ import (
 	"github.com/xlb-dev/xlb/control"
 	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/loader"
+	"github.com/xlb-dev/xlb/vip"
 )
 
 // BackendView is one row of `xlb backends`.
@@ -57,6 +58,7 @@ type StatusView struct {
 	Total       loader.Counters            `json:"total"`
 	Services    map[string]loader.Counters `json:"services"`
 	Control     control.Status             `json:"control"`
+	VRRP        *vip.Status                `json:"vrrp,omitempty"`
 }
 
 func (d *daemon) backends() ([]BackendView, error) {
@@ -154,6 +156,10 @@ func (d *daemon) status() (StatusView, error) {
 		Total:       st.Total,
 		Services:    map[string]loader.Counters{},
 		Control:     d.ctl.Status(),
+	}
+	if d.election != nil {
+		st := d.election.Status()
+		v.VRRP = &st
 	}
 	for s, c := range st.Services {
 		v.Services[s.String()] = c

@@ -133,6 +133,18 @@ func printStatus(w io.Writer, v StatusView) {
 	fmt.Fprintf(tw, "writer\t%s\n", orNone(v.Writer))
 	fmt.Fprintf(tw, "readers\t%s\n", orNone(v.Readers))
 	fmt.Fprintf(tw, "flows\t%d active\n", v.Flows)
+	if r := v.VRRP; r != nil {
+		line := fmt.Sprintf("%s (vrid %d, priority %d, advert %v)", r.State, r.VRID, r.Priority, r.AdvertInterval)
+		if r.Master.IsValid() {
+			line += fmt.Sprintf(", master %v (priority %d)", r.Master, r.MasterPriority)
+		}
+		if !r.LastAdvert.IsZero() {
+			line += fmt.Sprintf(", last advert %v ago from %v", time.Since(r.LastAdvert).Round(time.Millisecond), r.LastAdvertFrom)
+		}
+		fmt.Fprintf(tw, "vrrp\t%s\n", line)
+	} else {
+		fmt.Fprintf(tw, "vrrp\toff (single LB: this node owns the vip)\n")
+	}
 	fmt.Fprintf(tw, "timeline\t%d\n", v.Control.Timeline)
 	if v.Control.NoWriterReason != "" {
 		fmt.Fprintf(tw, "no writer\t%s\n", v.Control.NoWriterReason)

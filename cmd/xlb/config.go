@@ -35,6 +35,7 @@ type Config struct {
 	Failover              *bool          `yaml:"failover"`
 	MaxLagOnFailover      *int64         `yaml:"max_lag_on_failover"`
 	Synchronous           bool           `yaml:"synchronous"`
+	VRRP                  VRRPConfig     `yaml:"vrrp"`
 	Nodes                 []NodeConfig   `yaml:"nodes"`
 
 	// Parsed forms, filled by validate.
@@ -65,6 +66,18 @@ type ProbeConfig struct {
 	Timeout  Duration `yaml:"timeout"`
 	Fall     int      `yaml:"fall"`
 	Rise     int      `yaml:"rise"`
+}
+
+// VRRPConfig is the VIP election between LB nodes (VRRPv3).
+type VRRPConfig struct {
+	Enabled        bool     `yaml:"enabled"`
+	VRID           int      `yaml:"vrid"`
+	Priority       int      `yaml:"priority"`
+	AdvertInterval Duration `yaml:"advert_interval"`
+	Preempt        *bool    `yaml:"preempt"`
+	UnicastPeers   []string `yaml:"unicast_peers"`
+
+	peers []netip.Addr
 }
 
 // NodeConfig is one PostgreSQL node.
@@ -176,6 +189,19 @@ func (c *Config) setDefaults() {
 		t := true
 		c.Failover = &t
 	}
+	if c.VRRP.VRID == 0 {
+		c.VRRP.VRID = 51
+	}
+	if c.VRRP.Priority == 0 {
+		c.VRRP.Priority = 100
+	}
+	if c.VRRP.AdvertInterval == 0 {
+		c.VRRP.AdvertInterval = Duration(50 * time.Millisecond)
+	}
+	if c.VRRP.Preempt == nil {
+		t := true
+		c.VRRP.Preempt = &t
+	}
 	if c.MaxLagOnFailover == nil {
 		n := int64(1 << 20)
 		c.MaxLagOnFailover = &n
@@ -225,6 +251,23 @@ func (c *Config) validate() error {
 	}
 	if *c.MaxLagOnFailover < 0 {
 		return fieldErr("max_lag_on_failover", "negative (bytes; 0 = no limit)")
+	}
+	if c.VRRP.VRID < 1 || c.VRRP.VRID > 255 {
+		return fieldErr("vrrp.vrid", "%d: want 1 to 255", c.VRRP.VRID)
+	}
+	if c.VRRP.Priority < 1 || c.VRRP.Priority > 254 {
+		return fieldErr("vrrp.priority", "%d: want 1 to 254", c.VRRP.Priority)
+	}
+	if ai := time.Duration(c.VRRP.AdvertInterval); ai < 10*time.Millisecond || ai%(10*time.Millisecond) != 0 || ai > 40950*time.Millisecond {
+		return fieldErr("vrrp.advert_interval", "%v: want whole centiseconds from 10ms to 40.95s", ai)
+	}
+	c.VRRP.peers = nil
+	for i, p := range c.VRRP.UnicastPeers {
+		a, err := netip.ParseAddr(p)
+		if err != nil || !a.Is4() {
+			return fieldErr(fmt.Sprintf("vrrp.unicast_peers[%d]", i), "%q is not an IPv4 address", p)
+		}
+		c.VRRP.peers = append(c.VRRP.peers, a)
 	}
 	if len(c.Nodes) == 0 {
 		return fieldErr("nodes", "at least one node is required")

@@ -16,6 +16,7 @@ import (
 	"github.com/xlb-dev/xlb/control"
 	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/loader"
+	"github.com/xlb-dev/xlb/vip"
 )
 
 const defaultSocket = "/run/xlb/xlb.sock"
@@ -65,6 +66,8 @@ type daemon struct {
 	ctl     *control.Controller
 	mode    loader.Mode
 	started time.Time
+	// election is the VRRP instance; nil when vrrp is off (one LB).
+	election *vip.Instance
 }
 
 // secrets are PostgreSQL credentials; never logged.
@@ -78,6 +81,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		SNATAddr:  cfg.nodeAddr,
 		SNATPorts: cfg.snat,
 		PinPath:   cfg.PinPath,
+		Lease:     cfg.VRRP.Enabled,
 	})
 	if errors.Is(err, loader.ErrSNATOverlap) {
 		return &ConfigError{Field: "snat_ports", Err: err}
@@ -110,6 +114,16 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		targets[i] = health.Target{Name: n.Name, Addr: cfg.nodes[i], User: cfg.Postgres.User,
 			Database: cfg.Postgres.Database, Password: password}
 	}
+	owner := func() bool { return true }
+	var election *vip.Instance
+	if cfg.VRRP.Enabled {
+		if election, err = startVRRP(ctx, cfg, dp); err != nil {
+			return err
+		}
+		defer election.Close()
+		owner = func() bool { return election.Status().State == vip.Master }
+	}
+
 	waker := health.NewWaker()
 	ctl := control.New(control.Config{
 		Fall:             cfg.Probe.Fall,
@@ -123,10 +137,11 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Datapath: poolWriter{dp},
 		Promoter: newPGActions(admin.user, cfg.Postgres.Database, admin.password, 5*time.Second),
 		Wake:     waker.Wake,
+		Owner:    owner,
 		Go:       func(f func()) { go f() },
 		Now:      time.Now,
 	})
-	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now()}
+	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election}
 
 	srv, err := serveAPI(cfg.Socket, d)
 	if err != nil {
@@ -191,4 +206,40 @@ func (p poolWriter) Cut(b netip.AddrPort) error {
 		slog.Info("flows cut", "backend", b, "entries", n)
 	}
 	return err
+}
+
+// startVRRP starts the VIP election. While master it renews the datapath's
+// VIP lease every advertisement (for 3 intervals: a killed daemon's host
+// stops taking traffic before the backup takes over); on becoming backup it
+// drops the lease. The election ends, with a priority-0 advertisement, when
+// ctx ends.
+func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Instance, error) {
+	advert := time.Duration(cfg.VRRP.AdvertInterval)
+	inst, err := vip.Dial(vip.Config{
+		Interface:      cfg.Interface,
+		VRID:           uint8(cfg.VRRP.VRID),
+		Priority:       uint8(cfg.VRRP.Priority),
+		AdvertInterval: advert,
+		Preempt:        *cfg.VRRP.Preempt,
+		VIP:            netip.PrefixFrom(cfg.vip, 32),
+		UnicastPeers:   cfg.VRRP.peers,
+		SourceAddr:     cfg.nodeAddr,
+		OnMaster:       func() { slog.Warn("vrrp master: this node owns the vip", "vip", cfg.vip) },
+		OnBackup: func() {
+			if err := dp.DropLease(); err != nil {
+				slog.Error("dropping vip lease", "err", err)
+			}
+			slog.Warn("vrrp backup: vip released", "vip", cfg.vip)
+		},
+		WhileMaster: func() { dp.RenewLease(3 * advert) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting vrrp: %w", err)
+	}
+	go func() {
+		if err := inst.Run(ctx); err != nil && ctx.Err() == nil {
+			slog.Error("vrrp stopped", "err", err)
+		}
+	}()
+	return inst, nil
 }
