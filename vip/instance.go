@@ -90,6 +90,9 @@ type Config struct {
 	WhileMaster func()
 	// Logger gets state changes and errors; nil means slog.Default().
 	Logger *slog.Logger
+	// Resume starts as master (see MachineConfig.Resume); the daemon sets it
+	// when its VIP lease from before a restart still runs.
+	Resume bool
 }
 
 // withDefaults returns c with its zero fields defaulted, or ErrConfig,
@@ -207,7 +210,7 @@ func New(cfg Config, conn Conn, addr Addresser, ann Announcer) (*Instance, error
 	if err != nil {
 		return nil, err
 	}
-	m, err := NewMachine(MachineConfig{Addr: cfg.SourceAddr, Priority: cfg.Priority, AdvertInterval: cfg.AdvertInterval, Preempt: cfg.Preempt})
+	m, err := NewMachine(MachineConfig{Addr: cfg.SourceAddr, Priority: cfg.Priority, AdvertInterval: cfg.AdvertInterval, Preempt: cfg.Preempt, Resume: cfg.Resume})
 	if err != nil {
 		return nil, err
 	}

@@ -120,6 +120,11 @@ type MachineConfig struct {
 	// over (RFC 5798 Preempt_Mode, whose default is true). Without it a
 	// backup only takes over when the master falls silent or resigns.
 	Preempt bool
+	// Resume starts as master instead of backup: a restarted daemon whose
+	// predecessor was master moments ago (its VIP lease still runs) keeps
+	// the VIP, so a restart is not a failover. A higher-priority master's
+	// next advertisement still takes it over, as the RFC says.
+	Resume bool
 }
 
 // ErrConfig means a configuration field is out of range.
@@ -199,7 +204,7 @@ func (m *Machine) startup(now time.Time) []Action {
 	if m.state != Initialize {
 		return nil
 	}
-	if m.cfg.Priority == priorityOwner {
+	if m.cfg.Priority == priorityOwner || m.cfg.Resume {
 		return m.becomeMaster(now)
 	}
 	m.masterInterval = m.cfg.AdvertInterval

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -289,5 +290,24 @@ func TestStateText(t *testing.T) {
 	var s State
 	if err := s.UnmarshalText([]byte("fault")); !errors.Is(err, ErrUnknownState) {
 		t.Errorf("UnmarshalText(fault) error = %v, want ErrUnknownState", err)
+	}
+}
+
+// TestResumeStartsAsMaster: a resumed machine is master at once and still
+// yields to a higher-priority master's advertisement.
+func TestResumeStartsAsMaster(t *testing.T) {
+	self := netip.MustParseAddr("172.20.0.21")
+	m, err := NewMachine(MachineConfig{Addr: self, Priority: 100, AdvertInterval: 50 * time.Millisecond, Preempt: true, Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_700_000_000, 0)
+	acts := m.Handle(now, Event{Kind: Startup})
+	if m.State() != Master || !slices.Contains(acts, BecomeMaster) || !slices.Contains(acts, SendAdvert) {
+		t.Fatalf("resumed startup: state %v, actions %v; want master, advertising", m.State(), acts)
+	}
+	m.Handle(now.Add(10*time.Millisecond), Event{Kind: AdvertReceived, From: netip.MustParseAddr("172.20.0.22"), Priority: 200, Interval: 50 * time.Millisecond})
+	if m.State() != Backup {
+		t.Fatalf("resumed master after a priority-200 advert: %v, want backup", m.State())
 	}
 }

@@ -215,7 +215,17 @@ func (p poolWriter) Cut(b netip.AddrPort) error {
 // ctx ends.
 func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Instance, error) {
 	advert := time.Duration(cfg.VRRP.AdvertInterval)
+	// A lease still running means this daemon's predecessor was master
+	// moments ago (a restart, even after kill -9): resume as master.
+	left, err := dp.LeaseRemaining()
+	if err != nil {
+		return nil, err
+	}
+	if left > 0 {
+		slog.Info("vrrp: resuming as master", "lease_left", left)
+	}
 	inst, err := vip.Dial(vip.Config{
+		Resume:         left > 0,
 		Interface:      cfg.Interface,
 		VRID:           uint8(cfg.VRRP.VRID),
 		Priority:       uint8(cfg.VRRP.Priority),
