@@ -215,17 +215,21 @@ func (p poolWriter) Cut(b netip.AddrPort) error {
 // ctx ends.
 func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Instance, error) {
 	advert := time.Duration(cfg.VRRP.AdvertInterval)
-	// A lease still running means this daemon's predecessor was master
-	// moments ago (a restart, even after kill -9): resume as master.
-	left, err := dp.LeaseRemaining()
+	// A lease that runs, or ran out less than a master-down interval ago,
+	// means this daemon's predecessor was master and no backup can have
+	// taken over yet (a restart, even after kill -9): resume as master.
+	prio := time.Duration(cfg.VRRP.Priority)
+	masterDown := 3*advert + (256-prio)*advert/256
+	ago, had, err := dp.LeaseLapsedAgo()
 	if err != nil {
 		return nil, err
 	}
-	if left > 0 {
-		slog.Info("vrrp: resuming as master", "lease_left", left)
+	resume := had && ago < masterDown
+	if resume {
+		slog.Info("vrrp: resuming as master", "lease_lapsed_ago", ago, "master_down", masterDown)
 	}
 	inst, err := vip.Dial(vip.Config{
-		Resume:         left > 0,
+		Resume:         resume,
 		Interface:      cfg.Interface,
 		VRID:           uint8(cfg.VRRP.VRID),
 		Priority:       uint8(cfg.VRRP.Priority),
