@@ -19,9 +19,16 @@ test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 
-## bench: datapath benchmarks (Program.Run, ns/packet)
+## bench: as root: datapath benchmarks (Program.Run, ns/packet), then pgbench in a lab of its own,
+##   PostgreSQL directly vs xlb VIP:3000 vs HAProxy (tests/bench; JSON in tests/bench/out/latest.json)
 bench:
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench: needs root (BPF, network namespaces)" >&2; exit 1; fi
 	$(GO) test -run '^$$' -bench Datapath -benchtime 2000000x -count 3 ./loader/
+	@sh deploy/lab/lab-deps.sh || { echo "make bench: installing the lab's packages failed" >&2; exit 1; }
+	@sh tests/bench/bench-deps.sh || { echo "make bench: installing haproxy failed" >&2; exit 1; }
+	$(GO) build -o bin/xlb ./cmd/xlb
+	$(GO) build -o bin/xlb-bench ./tests/bench
+	bin/xlb-bench -xlb bin/xlb -out tests/bench/out/latest.json
 
 ## fuzz: run the datapath fuzzer for a while (the seed corpus runs in make test)
 fuzz:
