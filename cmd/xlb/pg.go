@@ -50,6 +50,7 @@ var pgCommand = &cli.Command{
 				&cli.StringFlag{Name: "replication-password-file", Usage: "file holding the replication role's password (default: $XLB_PG_REPLICATION_PASSWORD), written to --passfile; without either, --passfile must exist"},
 				&cli.StringFlag{Name: "passfile", Usage: "libpq password file that primary_conninfo names (default: the current primary_conninfo's, else DATA-DIR/pgpass)"},
 				&cli.StringFlag{Name: "log-file", Usage: "server log for pg_ctl start (default: postgres.log beside the data directory)"},
+				&cli.StringFlag{Name: "config-file", Usage: "postgresql.conf when it is not in the data directory (Debian: /etc/postgresql/15/main/postgresql.conf), for pg_rewind and the server"},
 				&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "bound on the whole rejoin"},
 			},
 			OnUsageError: func(_ *cli.Context, err error, _ bool) error { return &ConfigError{Field: "flags", Err: err} },
@@ -87,7 +88,10 @@ type rejoinOptions struct {
 	ReplPassword string
 	Passfile     string
 	LogFile      string
-	Timeout      time.Duration
+	// ConfigFile is postgresql.conf outside the data directory; empty: in
+	// it.
+	ConfigFile string
+	Timeout    time.Duration
 }
 
 // slotNameRe is what PostgreSQL accepts as a replication slot's name.
@@ -106,6 +110,7 @@ func rejoinOptionsFrom(c *cli.Context) (rejoinOptions, error) {
 		ReplUser:      c.String("replication-user"),
 		Passfile:      c.String("passfile"),
 		LogFile:       c.String("log-file"),
+		ConfigFile:    c.String("config-file"),
 		Timeout:       c.Duration("timeout"),
 	}
 	if c.NArg() > 0 {
@@ -137,6 +142,18 @@ func rejoinOptionsFrom(c *cli.Context) (rejoinOptions, error) {
 			return o, &ConfigError{Field: "--bin", Err: fmt.Errorf("finding %s: %w", prog, err)}
 		}
 	}
+	if o.ConfigFile != "" {
+		if o.ConfigFile, err = filepath.Abs(o.ConfigFile); err != nil {
+			return o, &ConfigError{Field: "--config-file", Err: err}
+		}
+		if _, err := os.Stat(o.ConfigFile); err != nil {
+			return o, &ConfigError{Field: "--config-file", Err: err}
+		}
+		// pg_ctl hands the server's options to sh: quoted below.
+		if strings.ContainsRune(o.ConfigFile, '\'') {
+			return o, &ConfigError{Field: "--config-file", Err: fmt.Errorf("%q: a path with a single quote is not supported", o.ConfigFile)}
+		}
+	}
 	if o.Slot != "" && !slotNameRe.MatchString(o.Slot) {
 		return o, &ConfigError{Field: "--slot", Err: fmt.Errorf("%q: want 1 to 63 of a-z, 0-9 and _", o.Slot)}
 	}
@@ -166,9 +183,10 @@ var rejoinDrops = []string{"default_transaction_read_only", "synchronous_standby
 //
 //  1. It reads the node's application name, slot, replication user and
 //     password file from postgresql.auto.conf where the flags leave them
-//     out, checks that the primary is one (and not this server), and
-//     creates the slot there when missing, so the primary keeps WAL from
-//     now on.
+//     out, checks that the primary is one (and not this server), creates
+//     the slot there when missing, so the primary keeps WAL from now on,
+//     and runs CHECKPOINT there when its control file still shows the
+//     timeline before its promotion (pg_rewind would see no divergence).
 //  2. It stops the local server when it runs (pg_ctl stop -m fast).
 //  3. It runs pg_rewind from the primary, with the administrative
 //     password in PGPASSWORD; "no rewind required" is fine. pg_rewind copies
@@ -193,10 +211,6 @@ func rejoin(ctx context.Context, o rejoinOptions, w io.Writer) error {
 	say := func(format string, args ...any) { fmt.Fprintf(w, "rejoin: "+format+"\n", args...) }
 	primary := net.JoinHostPort(o.PrimaryHost, strconv.Itoa(int(o.PrimaryPort)))
 
-	r, err := newRejoiner(o)
-	if err != nil {
-		return err
-	}
 	auto := filepath.Join(o.DataDir, "postgresql.auto.conf")
 	cur, err := readAutoConf(auto)
 	if err != nil {
@@ -242,6 +256,10 @@ func rejoin(ctx context.Context, o rejoinOptions, w io.Writer) error {
 	if o.LogFile == "" {
 		o.LogFile = filepath.Join(filepath.Dir(o.DataDir), "postgres.log")
 	}
+	r, err := newRejoiner(o)
+	if err != nil {
+		return err
+	}
 
 	// 1. The primary: one, not this server; the slot.
 	admin := newPGActions(o.AdminUser, o.AdminDatabase, o.AdminPassword, 10*time.Second)
@@ -249,6 +267,9 @@ func rejoin(ctx context.Context, o rejoinOptions, w io.Writer) error {
 		return fmt.Errorf("checking the primary %s: %w", primary, err)
 	}
 	if err := admin.ensureSlot(ctx, o.PrimaryHost, o.PrimaryPort, o.Slot); err != nil {
+		return fmt.Errorf("preparing the primary %s: %w", primary, err)
+	}
+	if err := r.checkpointNewTimeline(ctx, admin, say); err != nil {
 		return fmt.Errorf("preparing the primary %s: %w", primary, err)
 	}
 
@@ -273,13 +294,21 @@ func rejoin(ctx context.Context, o rejoinOptions, w io.Writer) error {
 	rewound := time.Now()
 	source := connInfo{{"host", o.PrimaryHost}, {"port", strconv.Itoa(int(o.PrimaryPort))}, {"user", o.AdminUser},
 		{"dbname", o.AdminDatabase}, {"connect_timeout", "10"}, {"application_name", "xlb-rejoin"}}
-	out, rewindErr := r.run(ctx, "pg_rewind", []string{"PGPASSWORD=" + o.AdminPassword},
-		"--target-pgdata", o.DataDir, "--source-server", source.String())
+	rewindArgs := []string{"--target-pgdata", o.DataDir, "--source-server", source.String()}
+	if o.ConfigFile != "" {
+		rewindArgs = append(rewindArgs, "--config-file", o.ConfigFile)
+	}
+	out, rewindErr := r.run(ctx, "pg_rewind", []string{"PGPASSWORD=" + o.AdminPassword}, rewindArgs...)
 	if err := r.restoreConfig(saved); err != nil {
 		return errors.Join(rewindErr, fmt.Errorf("restoring the configuration after pg_rewind: %w", err))
 	}
 	if rewindErr != nil {
-		return fmt.Errorf("running pg_rewind: %w: %s", rewindErr, lastLines(out, 10))
+		hint := ""
+		if bytes.Contains(out, []byte("could not find previous WAL record")) {
+			hint = " (pg_rewind needs this node's WAL back to the last checkpoint before the divergence: " +
+				"keep it with wal_keep_size, or give it a restore_command)"
+		}
+		return fmt.Errorf("running pg_rewind: %w: %s%s", rewindErr, lastLines(out, 10), hint)
 	}
 	if bytes.Contains(out, []byte("no rewind required")) {
 		say("no rewind required")
@@ -307,7 +336,11 @@ func rejoin(ctx context.Context, o rejoinOptions, w io.Writer) error {
 	if err := r.touchLog(); err != nil {
 		return fmt.Errorf("starting the server: %w", err)
 	}
-	if out, err := r.run(ctx, "pg_ctl", nil, "start", "-D", o.DataDir, "-w", "-t", r.seconds(ctx), "-l", o.LogFile); err != nil {
+	startArgs := []string{"start", "-D", o.DataDir, "-w", "-t", r.seconds(ctx), "-l", o.LogFile}
+	if o.ConfigFile != "" {
+		startArgs = append(startArgs, "-o", "-c config_file='"+o.ConfigFile+"'")
+	}
+	if out, err := r.run(ctx, "pg_ctl", nil, startArgs...); err != nil {
 		return fmt.Errorf("starting the server: %w: %s; log: %s", err, lastLines(out, 5), r.logTail())
 	}
 	if err := r.waitStreaming(ctx, admin); err != nil {
@@ -447,6 +480,35 @@ func (r *rejoiner) checkPrimary(ctx context.Context, admin *pgActions) error {
 	return nil
 }
 
+// checkpointNewTimeline runs CHECKPOINT on a primary whose last
+// checkpoint is older than its promotion. pg_rewind reads the source's
+// timeline from its control file, which a promotion updates only at the
+// next checkpoint; until then the source looks as if it were still on the
+// target's timeline and pg_rewind says "no rewind required" to a diverged
+// target, which then cannot stream.
+func (r *rejoiner) checkpointNewTimeline(ctx context.Context, admin *pgActions, say func(string, ...any)) error {
+	conn, err := admin.connect(ctx, r.o.PrimaryHost, r.o.PrimaryPort)
+	if err != nil {
+		return err
+	}
+	defer admin.close(conn)
+	var checkpointTL, currentTL int64
+	err = admin.queryRow(ctx, conn, `SELECT (pg_control_checkpoint()).timeline_id::int8,
+		('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8`).Scan(&checkpointTL, &currentTL)
+	if err != nil {
+		return fmt.Errorf("reading its timelines: %w", err)
+	}
+	if checkpointTL >= currentTL {
+		return nil
+	}
+	say("checkpoint on the primary: its control file still shows timeline %d, it writes %d", checkpointTL, currentTL)
+	// CHECKPOINT may take long on a busy server: bounded by ctx only.
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("running CHECKPOINT: %w", err)
+	}
+	return nil
+}
+
 // sameDir reports whether a and b name the same directory here.
 func sameDir(a, b string) bool {
 	fa, err1 := os.Stat(a)
@@ -577,28 +639,38 @@ func (r *rejoiner) logTail() string {
 }
 
 // waitStreaming polls the primary every 50 ms until its walsender on the
-// slot streams, and fails early when the local server has exited.
+// slot streams and the replica has flushed the primary's WAL as of the
+// start of the wait: a replica that cannot follow the primary's timeline
+// streams its own only up to the fork, and stops there. It fails early
+// when the local server has exited.
 func (r *rejoiner) waitStreaming(ctx context.Context, admin *pgActions) error {
 	conn, err := admin.connect(ctx, r.o.PrimaryHost, r.o.PrimaryPort)
 	if err != nil {
 		return err
 	}
 	defer admin.close(conn)
+	var target string
+	if err := admin.queryRow(ctx, conn, "SELECT pg_current_wal_flush_lsn()::text").Scan(&target); err != nil {
+		return fmt.Errorf("reading the primary's WAL position: %w", err)
+	}
 	pidFile := filepath.Join(r.o.DataDir, "postmaster.pid")
-	var state string
+	var state, flushed string
 	err = pollEvery(ctx, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
 		if _, err := os.Stat(pidFile); err != nil {
 			return false, fmt.Errorf("the server exited: %w", err)
 		}
-		err := admin.queryRow(ctx, conn, `SELECT coalesce(r.state, 'not connected') FROM pg_replication_slots s
-			LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1`, r.o.Slot).Scan(&state)
+		var caughtUp bool
+		err := admin.queryRow(ctx, conn, `SELECT coalesce(r.state, 'not connected'), coalesce(r.flush_lsn::text, 'none'),
+			coalesce(r.flush_lsn >= $2::pg_lsn, false)
+			FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+			WHERE s.slot_name = $1`, r.o.Slot, target).Scan(&state, &flushed, &caughtUp)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return false, fmt.Errorf("slot %s is gone", r.o.Slot)
 		}
-		return err == nil && state == "streaming", err
+		return err == nil && state == "streaming" && caughtUp, err
 	})
 	if err != nil {
-		return fmt.Errorf("slot %s: %s: %w", r.o.Slot, state, err)
+		return fmt.Errorf("slot %s: %s, flushed %s of %s: %w", r.o.Slot, state, flushed, target, err)
 	}
 	return nil
 }

@@ -60,8 +60,9 @@ const (
 
 // Promote makes replica n a primary: pg_promote(wait => false), then a
 // poll of pg_is_in_recovery() every pollEvery until it is false (the
-// server's own wait polls every 100 ms, four times a promotion's length),
-// then AllowWrites, so a node that StopWrites fenced takes writes again.
+// server's own wait, pg_promote(wait => true), polls every 100 ms, several
+// times what a promotion takes), then AllowWrites, so a node that
+// StopWrites fenced takes writes again.
 // A node that is a primary already only gets AllowWrites. It returns an
 // error naming n when a step fails or ctx ends first.
 func (a *pgActions) Promote(ctx context.Context, n control.Node) error {
@@ -139,10 +140,11 @@ func (a *pgActions) allowWrites(ctx context.Context, conn *pgx.Conn) error {
 // keyword (user, passfile, application_name, TLS…) and dropping hostaddr,
 // sets recovery_target_timeline to latest and reloads: PostgreSQL 15
 // restarts the WAL receiver with the new primary_conninfo. It returns once
-// n's pg_stat_wal_receiver shows it streaming from p, or an error naming n
-// and p when a step fails, n is not a replica, or ctx ends first (a
-// replica that replayed past p's promotion point cannot follow p without
-// a rewind).
+// n's pg_stat_wal_receiver shows it streaming from p on p's timeline (a
+// replica first streams its old timeline up to p's promotion point, which
+// one that replayed past that point, and so cannot follow p without a
+// rewind, does too). It returns an error naming n and p when a step fails,
+// n is no replica, p is no primary, or ctx ends first.
 func (a *pgActions) Follow(ctx context.Context, n, p control.Node) error {
 	ctx, cancel := a.bound(ctx)
 	defer cancel()
@@ -167,10 +169,9 @@ func (a *pgActions) Follow(ctx context.Context, n, p control.Node) error {
 	if !rec {
 		return fail("%s is not a replica", n.Name)
 	}
-	if slot != "" {
-		if err := a.ensureSlot(ctx, p.Addr.Addr().String(), p.Addr.Port(), slot); err != nil {
-			return fail("%w", err)
-		}
+	timeline, err := a.prepareUpstream(ctx, p, slot)
+	if err != nil {
+		return fail("%w", err)
 	}
 	kv, err := parseConnInfo(conninfo)
 	if err != nil {
@@ -192,10 +193,12 @@ func (a *pgActions) Follow(ctx context.Context, n, p control.Node) error {
 	}
 	var last string
 	err = a.poll(ctx, func(ctx context.Context) (bool, error) {
-		var status, senderHost *string
-		var senderPort *int32
-		err := a.queryRow(ctx, conn, "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver").
-			Scan(&status, &senderHost, &senderPort)
+		var (
+			status, senderHost *string
+			senderPort, tli    *int32
+		)
+		err := a.queryRow(ctx, conn, "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver").
+			Scan(&status, &senderHost, &senderPort, &tli)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			last = "no WAL receiver"
@@ -203,14 +206,41 @@ func (a *pgActions) Follow(ctx context.Context, n, p control.Node) error {
 		case err != nil:
 			return false, err
 		}
-		last = fmt.Sprintf("WAL receiver %s from %s", deref(status), net.JoinHostPort(deref(senderHost), strconv.Itoa(int(derefInt(senderPort)))))
-		return deref(status) == "streaming" && deref(senderHost) == host && derefInt(senderPort) == int32(p.Addr.Port()), nil
+		last = fmt.Sprintf("WAL receiver %s from %s on timeline %d", deref(status),
+			net.JoinHostPort(deref(senderHost), strconv.Itoa(int(derefInt(senderPort)))), derefInt(tli))
+		return deref(status) == "streaming" && deref(senderHost) == host && derefInt(senderPort) == int32(p.Addr.Port()) &&
+			int64(derefInt(tli)) >= timeline, nil
 	})
 	if err != nil {
-		return fail("waiting for streaming from %v (%s): %w", p.Addr, last, err)
+		return fail("waiting for streaming from %v on timeline %d (%s): %w", p.Addr, timeline, last, err)
 	}
-	slog.Debug("streaming", "node", n.Name, "primary", p.Name, "took", time.Since(start))
+	slog.Debug("streaming", "node", n.Name, "primary", p.Name, "timeline", timeline, "took", time.Since(start))
 	return nil
+}
+
+// prepareUpstream checks that p is a primary, creates slot there unless
+// it is empty or exists, and returns p's timeline.
+func (a *pgActions) prepareUpstream(ctx context.Context, p control.Node, slot string) (timeline int64, err error) {
+	conn, err := a.connect(ctx, p.Addr.Addr().String(), p.Addr.Port())
+	if err != nil {
+		return 0, err
+	}
+	defer a.close(conn)
+	var rec bool
+	err = a.queryRow(ctx, conn, `SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN 0
+		ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END`).Scan(&rec, &timeline)
+	if err != nil {
+		return 0, fmt.Errorf("reading the timeline of %s: %w", p.Name, err)
+	}
+	if rec {
+		return 0, fmt.Errorf("%s is not a primary", p.Name)
+	}
+	if slot != "" {
+		if err := a.ensureSlotOn(ctx, conn, slot); err != nil {
+			return 0, fmt.Errorf("on %s: %w", p.Name, err)
+		}
+	}
+	return timeline, nil
 }
 
 // ensureSlot creates the physical replication slot on the server at
@@ -221,6 +251,11 @@ func (a *pgActions) ensureSlot(ctx context.Context, host string, port uint16, sl
 		return err
 	}
 	defer a.close(conn)
+	return a.ensureSlotOn(ctx, conn, slot)
+}
+
+// ensureSlotOn is ensureSlot on an open connection.
+func (a *pgActions) ensureSlotOn(ctx context.Context, conn *pgx.Conn, slot string) error {
 	var exists bool
 	if err := a.queryRow(ctx, conn, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&exists); err != nil {
 		return fmt.Errorf("looking up replication slot %q: %w", slot, err)
@@ -228,11 +263,12 @@ func (a *pgActions) ensureSlot(ctx context.Context, host string, port uint16, sl
 	if exists {
 		return nil
 	}
-	err = a.exec(ctx, conn, "SELECT pg_create_physical_replication_slot($1, true)", slot)
+	err := a.exec(ctx, conn, "SELECT pg_create_physical_replication_slot($1, true)", slot)
 	if err != nil && sqlState(err) != sqlstateDuplicateObject {
 		return fmt.Errorf("creating replication slot %q: %w", slot, err)
 	}
-	slog.Info("replication slot created", "slot", slot, "server", net.JoinHostPort(host, strconv.Itoa(int(port))))
+	cfg := conn.Config()
+	slog.Info("replication slot created", "slot", slot, "server", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
 	return nil
 }
 
@@ -282,10 +318,10 @@ func syncStandbyNames(names []string) string {
 // default_transaction_read_only = on and a reload, confirmed in its own
 // session (the postmaster reloads before it signals the backends, so every
 // session that starts afterwards is read-only), then pg_terminate_backend
-// of every other client backend, waiting for each to exit; walsenders stay,
-// so the replicas receive everything. It returns pg_current_wal_lsn()
-// after that, or an error naming p when a step fails or ctx ends first.
-// AllowWrites (or Promote) undoes it.
+// of every other client backend and a poll until they have exited;
+// walsenders stay, so the replicas receive everything. It returns
+// pg_current_wal_lsn() after that, or an error naming p when a step fails
+// or ctx ends first. AllowWrites (or Promote) undoes it.
 func (a *pgActions) StopWrites(ctx context.Context, p control.Node) (uint64, error) {
 	ctx, cancel := a.bound(ctx)
 	defer cancel()
@@ -301,17 +337,25 @@ func (a *pgActions) StopWrites(ctx context.Context, p control.Node) (uint64, err
 	if err := a.reloadUntil(ctx, conn, "default_transaction_read_only", "on"); err != nil {
 		return fail(err)
 	}
-	// pg_terminate_backend waits up to its timeout (ms) for each exit.
-	waitMS := max(1, a.timeout.Milliseconds()/2)
-	var total, left int64
-	err = a.queryRow(ctx, conn, `SELECT count(*), count(*) FILTER (WHERE NOT t) FROM (
-		SELECT pg_terminate_backend(pid, $1) AS t FROM pg_stat_activity
-		WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) s`, waitMS).Scan(&total, &left)
+	// Signal every session at once, then wait for those to exit: a
+	// transaction under way ends (aborted) before the WAL position is read.
+	// Sessions that start meanwhile are read-only already.
+	var pids []int32
+	// MATERIALIZED: the filter must run before pg_terminate_backend, which
+	// would otherwise also reach this session.
+	err = a.queryRow(ctx, conn, `WITH s AS MATERIALIZED (SELECT pid FROM pg_stat_activity
+		WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())
+		SELECT coalesce(array_agg(pid), '{}') FROM s WHERE pg_terminate_backend(pid)`).Scan(&pids)
 	if err != nil {
 		return fail(fmt.Errorf("terminating client sessions: %w", err))
 	}
-	if left > 0 {
-		return fail(fmt.Errorf("terminating client sessions: %d of %d still running after %d ms", left, total, waitMS))
+	var left int64
+	err = a.poll(ctx, func(ctx context.Context) (bool, error) {
+		err := a.queryRow(ctx, conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids).Scan(&left)
+		return err == nil && left == 0, err
+	})
+	if err != nil {
+		return fail(fmt.Errorf("waiting for %d of %d terminated sessions to exit: %w", left, len(pids), err))
 	}
 	var s string
 	if err := a.queryRow(ctx, conn, "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
@@ -321,7 +365,7 @@ func (a *pgActions) StopWrites(ctx context.Context, p control.Node) (uint64, err
 	if err != nil {
 		return fail(err)
 	}
-	slog.Info("writes stopped", "node", p.Name, "sessions_ended", total, "lsn", lsn)
+	slog.Info("writes stopped", "node", p.Name, "sessions_ended", len(pids), "lsn", lsn)
 	return uint64(lsn), nil
 }
 

@@ -331,6 +331,32 @@ func TestPGActions(t *testing.T) {
 	}
 }
 
+// TestFollowDiverged checks that Follow fails, rather than reports
+// streaming, for a replica that replayed past the new primary's promotion
+// point: pg2 is promoted while pg1 still writes to pg3.
+func TestFollowDiverged(t *testing.T) {
+	lab.RequirePrivileged(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	pgs, nodes := startPG(ctx, t, "pg1", []string{"pg2", "pg3"}, "pg2", "pg3")
+	pg1, pg3 := pgs[0], pgs[2]
+	a := newPGActions(lab.AdminUser, "postgres", lab.AdminPassword, 5*time.Second)
+	if err := a.Promote(ctx, nodes[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := appExec(ctx, pg1, "create table xlb_diverged (n int); insert into xlb_diverged values (1)"); err != nil {
+		t.Fatal(err)
+	}
+	replayed(ctx, t, pg1, pg3)
+	fctx, fcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer fcancel()
+	err := a.Follow(fctx, nodes[2], nodes[1])
+	t.Logf("Follow: %v", err)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "pg3") {
+		t.Errorf("Follow of a diverged replica: %v, want a deadline error naming pg3", err)
+	}
+}
+
 func TestParseConnInfo(t *testing.T) {
 	tests := []struct {
 		in   string

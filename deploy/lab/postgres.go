@@ -84,6 +84,10 @@ type PostgresConfig struct {
 //     a replica (xlb pg rejoin); it refuses a cluster without hint-bit WAL
 //     or data checksums. Only a restart applies it, so it is set before the
 //     first start.
+//   - wal_keep_size 128MB: pg_rewind reads the old primary's own WAL back
+//     from where the timelines diverged to the checkpoint before that; a
+//     checkpoint on the old primary after the divergence would otherwise
+//     have removed it ("could not find previous WAL record").
 var ReplicationSettings = map[string]string{
 	"wal_level":                   "replica",
 	"max_wal_senders":             "10",
@@ -93,6 +97,7 @@ var ReplicationSettings = map[string]string{
 	"wal_retrieve_retry_interval": "200ms",
 	"wal_receiver_timeout":        "5s",
 	"wal_log_hints":               "on",
+	"wal_keep_size":               "128MB",
 }
 
 var loopback = netip.MustParseAddr("127.0.0.1")

@@ -49,6 +49,11 @@ func TestPostgres(t *testing.T) {
 		t.Errorf("query from client = %q, want %q", got, want)
 	}
 
+	// The admin role is a superuser reached over TCP.
+	if got, err := Query(ctx, client.NS, AdminConn(pg1.Addr.Addr(), PostgresPort), "select rolsuper from pg_roles where rolname = current_user"); err != nil || got != "t" {
+		t.Errorf("admin query from client = %q, %v; want t", got, err)
+	}
+
 	// pg_hba asks for the password over TCP.
 	bad := conn
 	bad.Password = "wrong"
@@ -200,6 +205,7 @@ func testReplica(ctx context.Context, t *testing.T, primary, replica *Postgres, 
 		fmt.Sprintf("streaming|pg2|%v|%d", paddr.Addr(), paddr.Port()))
 	for _, s := range []struct{ name, want string }{
 		{"wal_retrieve_retry_interval", "200ms"},
+		{"wal_log_hints", "on"},
 		{"hot_standby", "on"},
 		{"hot_standby_feedback", "on"},
 		{"primary_slot_name", "pg2"},
