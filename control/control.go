@@ -260,14 +260,20 @@ func (c *Controller) update(m *Member, o Observation) {
 		}
 		return
 	}
-	m.LastError = ""
-	m.fails = 0
-	m.oks++
-	m.seenAt = o.Time
 	role := RolePrimary
 	if o.InRecovery {
 		role = RoleReplica
 	}
+	if m.Role == RolePrimary && role == RoleReplica && o.Timeline < m.Timeline {
+		// Taken before m's promotion (a probe under way meanwhile): a
+		// primary does not go back to an older timeline as a replica.
+		slog.Debug("stale observation", "node", m.Name, "timeline", o.Timeline, "known", m.Timeline)
+		return
+	}
+	m.LastError = ""
+	m.fails = 0
+	m.oks++
+	m.seenAt = o.Time
 	if m.Role != role && m.Role != RoleUnknown {
 		slog.Warn("role changed", "node", m.Name, "from", m.Role, "to", role, "timeline", o.Timeline)
 	}

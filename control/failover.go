@@ -26,6 +26,8 @@ type Promoter interface {
 	// StopWrites makes primary p refuse writes (default_transaction_read_only,
 	// client sessions terminated) and returns its WAL position after that.
 	StopWrites(ctx context.Context, p Node) (lsn uint64, err error)
+	// AllowWrites undoes StopWrites on n.
+	AllowWrites(ctx context.Context, n Node) error
 }
 
 // plan is a promotion decided under the lock and carried out outside it.
@@ -311,7 +313,7 @@ func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
 	}
 	lsn, err := c.o.Promoter.StopWrites(ctx, old.Node)
 	if err != nil {
-		return fail(fmt.Errorf("stopping writes on %s: %w", old.Name, err))
+		return fail(c.undoStopWrites(old, fmt.Errorf("stopping writes: %w", err)))
 	}
 	slog.Info("switchover: writes stopped", "node", old.Name, "lsn", lsn)
 	for {
@@ -325,12 +327,12 @@ func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
 		c.o.Wake(to)
 		select {
 		case <-ctx.Done():
-			return fail(fmt.Errorf("waiting for %s to replay %d (at %d): %w", to, lsn, replayed, ctx.Err()))
+			return fail(c.undoStopWrites(old, fmt.Errorf("waiting for %s to replay %d (at %d): %w", to, lsn, replayed, ctx.Err())))
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
 	if err := c.o.Promoter.Promote(ctx, target.Node); err != nil {
-		return fail(fmt.Errorf("promoting %s: %w", to, err))
+		return fail(c.undoStopWrites(old, fmt.Errorf("promoting %s: %w", to, err)))
 	}
 	c.mu.Lock()
 	c.promoted(target)
@@ -341,6 +343,17 @@ func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
 	slog.Warn("switched over", "from", old.Name, "to", to, "took", ev.Took)
 	c.o.Go(func() { c.repoint(target, followers) })
 	return ev, nil
+}
+
+// undoStopWrites lets the old primary take writes again after a failed
+// switchover (it stays the writer) and returns err with any failure to.
+func (c *Controller) undoStopWrites(old *Member, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+	defer cancel()
+	if uerr := c.o.Promoter.AllowWrites(ctx, old.Node); uerr != nil {
+		return errors.Join(err, fmt.Errorf("allowing writes on %s again: %w", old.Name, uerr))
+	}
+	return err
 }
 
 // Status is the controller's view for xlb status.

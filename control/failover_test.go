@@ -38,6 +38,11 @@ func (f *fakePromoter) SetSynchronous(_ context.Context, p Node, names []string)
 	return nil
 }
 
+func (f *fakePromoter) AllowWrites(_ context.Context, n Node) error {
+	f.log = append(f.log, "allowwrites "+n.Name)
+	return nil
+}
+
 func (f *fakePromoter) StopWrites(_ context.Context, p Node) (uint64, error) {
 	f.log = append(f.log, "stopwrites "+p.Name)
 	return f.stopLSN, nil
@@ -303,7 +308,25 @@ func TestSwitchoverWaitsForReplay(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("switchover to a replica behind the stop LSN: %v, want a deadline", err)
 	}
-	if diff := gocmp.Diff([]string{"stopwrites pg1"}, r.actions()); diff != "" {
+	if diff := gocmp.Diff([]string{"stopwrites pg1", "allowwrites pg1"}, r.actions()); diff != "" {
 		t.Fatalf("actions (-want +got):\n%s", diff)
+	}
+}
+
+// TestStaleObservationAfterPromotion: a probe taken before the promotion
+// (replica, old timeline) that lands after it does not flip the new
+// primary back.
+func TestStaleObservationAfterPromotion(t *testing.T) {
+	r := newRig(Config{})
+	r.run(t, evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)))
+	if rw := r.dp.pools[RW]; len(rw) != 1 || rw[0] != pg3.Addr {
+		t.Fatalf("writer %v, want pg3", rw)
+	}
+	r.run(t, []ev{lost("pg3", 1200)}) // in flight during the promotion: timeline 1
+	if rw := r.dp.pools[RW]; len(rw) != 1 || rw[0] != pg3.Addr {
+		t.Fatalf("a stale observation emptied the write pool: %v", rw)
+	}
+	if cuts := strings.Count(strings.Join(r.dp.log, " "), "cut "+pg3.Addr.String()); cuts != 0 {
+		t.Fatalf("the new primary's flows were cut %d times", cuts)
 	}
 }
