@@ -77,9 +77,12 @@ type PostgresConfig struct {
 //   - wal_retrieve_retry_interval 200ms: a replica whose stream broke
 //     retries after 200 ms, not 5 s; a promotion that lands in that sleep
 //     waits it out (DESIGN.md).
-//   - wal_receiver_timeout 5s: a replica notices a primary that vanished
-//     without closing the connection (a dead host, a cut link) in 5 s, not
-//     60 s, so it stops witnessing for it soon.
+//   - wal_receiver_timeout 1s: a replica notices a primary that vanished
+//     without closing the connection (a dead host, a cut link) in 1 s, not
+//     60 s, so it stops witnessing for it soon: xlb promotes only once the
+//     candidate lost the primary too, so this bounds a partition failover
+//     (5 s measured 5.1–5.3 s; the receiver pings at half the timeout, so
+//     a live primary never trips it).
 //   - wal_log_hints on: pg_rewind can bring a diverged old primary back as
 //     a replica (xlb pg rejoin); it refuses a cluster without hint-bit WAL
 //     or data checksums. Only a restart applies it, so it is set before the
@@ -87,7 +90,9 @@ type PostgresConfig struct {
 //   - wal_keep_size 128MB: pg_rewind reads the old primary's own WAL back
 //     from where the timelines diverged to the checkpoint before that; a
 //     checkpoint on the old primary after the divergence would otherwise
-//     have removed it ("could not find previous WAL record").
+//     have removed it ("could not find previous WAL record"). On the new
+//     primary it keeps the segment holding the promotion point, which the
+//     rewound node needs to start streaming.
 var ReplicationSettings = map[string]string{
 	"wal_level":                   "replica",
 	"max_wal_senders":             "10",
@@ -95,7 +100,7 @@ var ReplicationSettings = map[string]string{
 	"hot_standby":                 "on",
 	"hot_standby_feedback":        "on",
 	"wal_retrieve_retry_interval": "200ms",
-	"wal_receiver_timeout":        "5s",
+	"wal_receiver_timeout":        "1s",
 	"wal_log_hints":               "on",
 	"wal_keep_size":               "128MB",
 }
