@@ -159,6 +159,7 @@ type Controller struct {
 	pending   *syncStep // sync mode: a set written, not yet caught up
 	syncNames []string  // sync mode: synchronous_standby_names as last written
 	holdRW    bool      // switchover: no writer until the target is promoted
+	syncBusy  bool      // a synchronous_standby_names change is under way
 }
 
 // Event is a failover or switchover, for xlb status.
@@ -226,9 +227,12 @@ func (c *Controller) Observe(o Observation) error {
 	}
 	c.update(m, o)
 	err := c.apply()
-	c.trackSync(m)
+	syncJob := c.trackSync(m)
 	plan := c.planFailover()
 	c.mu.Unlock()
+	if syncJob != nil {
+		c.o.Go(syncJob)
+	}
 	if plan != nil {
 		c.failover(plan)
 	}

@@ -200,11 +200,13 @@ func (c *Controller) repoint(p *Member, followers []Node) {
 
 // trackSync keeps synchronous_standby_names on the writer equal to the
 // replicas streaming from it, and the promotable set true. Called with
-// c.mu held, after m was updated.
-func (c *Controller) trackSync(m *Member) {
+// c.mu held, after m was updated; it returns the change to run through
+// c.o.Go after the lock is released (nil: none), never against a writer
+// that is failing probes.
+func (c *Controller) trackSync(m *Member) func() {
 	w := c.writer
-	if !c.cfg.Synchronous || c.o.Promoter == nil || w == nil || w.Health != HealthUp || c.busy {
-		return
+	if !c.cfg.Synchronous || c.o.Promoter == nil || w == nil || w.Health != HealthUp || w.fails > 0 || c.busy {
+		return nil
 	}
 	if p := c.pending; p != nil {
 		if m == w && p.lsn == 0 && m.seenAt.After(p.since) {
@@ -221,6 +223,9 @@ func (c *Controller) trackSync(m *Member) {
 			}
 		}
 	}
+	if c.syncBusy {
+		return nil
+	}
 	var want []string
 	for _, r := range c.members {
 		if r != w && r.Health == HealthUp && r.Role == RoleReplica && r.Streaming && r.Upstream == w.Addr.String() {
@@ -228,32 +233,44 @@ func (c *Controller) trackSync(m *Member) {
 		}
 	}
 	if slices.Equal(want, c.syncNames) {
-		return
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
-	defer cancel()
-	if err := c.o.Promoter.SetSynchronous(ctx, w.Node, want); err != nil {
-		slog.Error("setting synchronous standbys", "primary", w.Name, "names", want, "err", err)
-		return
-	}
-	slog.Info("synchronous standbys", "primary", w.Name, "names", want)
-	c.syncNames = want
-	now := c.now()
-	switch {
-	case len(want) == 0:
-		c.promoSet, c.pending = nil, nil
-	case len(c.promoSet) == 0:
-		c.pending = &syncStep{set: want, since: now}
-	default:
-		union := slices.Clone(c.promoSet)
+	// Until the change is known to hold, any member of the old or the new
+	// set may hold the newest acknowledged commit: promotion needs them all.
+	if len(c.promoSet) > 0 {
 		for _, n := range want {
-			if !slices.Contains(union, n) {
-				union = append(union, n)
+			if !slices.Contains(c.promoSet, n) {
+				c.promoSet = append(c.promoSet, n)
 			}
 		}
-		c.promoSet = union
-		c.pending = &syncStep{set: want, since: now}
 	}
+	c.syncBusy = true
+	node := w.Node
+	return func() { c.setSync(w, node, want) }
+}
+
+// setSync writes synchronous_standby_names on w and records the result.
+func (c *Controller) setSync(w *Member, node Node, want []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+	err := c.o.Promoter.SetSynchronous(ctx, node, want)
+	cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.syncBusy = false
+	if err != nil {
+		slog.Error("setting synchronous standbys", "primary", node.Name, "names", want, "err", err)
+		return
+	}
+	if c.writer != w {
+		return // a failover happened meanwhile: this set described the old primary
+	}
+	slog.Info("synchronous standbys", "primary", node.Name, "names", want)
+	c.syncNames = want
+	if len(want) == 0 {
+		c.promoSet, c.pending = nil, nil
+		return
+	}
+	c.pending = &syncStep{set: want, since: c.now()}
 }
 
 // ErrBusy means a promotion or switchover is already under way.

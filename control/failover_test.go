@@ -330,3 +330,19 @@ func TestStaleObservationAfterPromotion(t *testing.T) {
 		t.Fatalf("the new primary's flows were cut %d times", cuts)
 	}
 }
+
+// TestNoSyncChangeAgainstAFailingPrimary: once the writer fails a probe,
+// replicas that stop streaming do not make xlb reconfigure it (a call to a
+// partitioned primary would only hang).
+func TestNoSyncChangeAgainstAFailingPrimary(t *testing.T) {
+	r := newRig(Config{Synchronous: true})
+	r.run(t, evs(healthy, up("pg1", 1000)))
+	before := strings.Join(r.pr.log, "|")
+	if !strings.Contains(before, "sync pg1 [pg2 pg3]") {
+		t.Fatalf("no synchronous set written for the healthy cluster: %v", r.pr.log)
+	}
+	r.run(t, evs(down("pg1"), lost("pg2", 1000), lost("pg3", 1000)))
+	if after := strings.Join(r.pr.log, "|"); after != before {
+		t.Fatalf("reconfigured a failing primary: %v", r.pr.log[len(strings.Split(before, "|")):])
+	}
+}

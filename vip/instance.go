@@ -196,9 +196,10 @@ type Instance struct {
 	mu     sync.Mutex
 	status Status
 
-	nmu   sync.Mutex
-	queue []func()
-	nwake chan struct{}
+	nmu            sync.Mutex
+	queue          []func()
+	nwake          chan struct{}
+	lastReannounce time.Time // last re-announcement after a lower-priority master
 }
 
 // New returns an instance that speaks through conn, puts the VIP on the
@@ -396,6 +397,23 @@ func (in *Instance) handle(now time.Time, ev Event) {
 	}
 	if in.cfg.WhileMaster != nil && in.holds && in.m.State() == Master && slices.Contains(acts, SendAdvert) {
 		in.cfg.WhileMaster()
+	}
+	if ev.Kind == AdvertReceived && prev == Master && in.m.State() == Master && in.holds &&
+		ev.Priority != priorityResign && now.Sub(in.lastReannounce) >= time.Second {
+		// Another master (a healed split brain) yields to us: it had the
+		// VIP, so the LAN's caches may point at it. Announce again, as
+		// keepalived's garp_lower_prio_repeat does; at most once a second.
+		in.lastReannounce = now
+		in.log.Info("lower-priority master seen: announcing the vip again", "peer", ev.From, "peer_priority", ev.Priority)
+		in.send(in.cfg.Priority)
+		in.stopGARP()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			in.announce(ctx)
+		}()
+		in.garp = func() { cancel(); <-done }
 	}
 	if s := in.m.State(); s != prev {
 		args := []any{"from", prev, "to", s, "event", eventName(ev.Kind)}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -30,8 +31,10 @@ var labCommand = &cli.Command{
 			Flags: []cli.Flag{
 				labPrefixFlag,
 				&cli.StringFlag{Name: "xdp-mode", Value: "auto", Usage: "how lb1's daemon attaches XDP: auto, native or generic"},
-				&cli.IntFlag{Name: "lbs", Value: 1, Usage: "LB hosts: 1, or 2 (lb2 gets no daemon yet)"},
+				&cli.IntFlag{Name: "lbs", Value: 1, Usage: "LB hosts: 1 (lb1 holds the VIP), or 2 (xlb on lb1 and lb2, VRRP elects the VIP's owner: lb1 priority 150, lb2 100)"},
+				&cli.BoolFlag{Name: "no-preempt", Usage: "with --lbs 2: VRRP without preemption (a returning lb1 stays backup)"},
 				&cli.BoolFlag{Name: "demo", Usage: "run the demo once the lab is up"},
+				&cli.BoolFlag{Name: "synchronous", Usage: "run lb1's daemon in synchronous mode (no acknowledged commit lost on failover)"},
 			},
 			Action: labUp,
 		},
@@ -53,6 +56,23 @@ var labCommand = &cli.Command{
 			ArgsUsage: "HOST -- COMMAND [ARG...]   (e.g. client -- psql -h 172.20.0.100 -p 3000 -U ramos ramos-test-db)",
 			Flags:     []cli.Flag{labPrefixFlag},
 			Action:    labExec,
+		},
+		{
+			Name:  "drill",
+			Usage: "failover drill under write load: fault the primary, measure the outage, count lost commits and writes to the fenced old primary, rejoin it",
+			Description: "Each trial: writers in the client namespace insert through VIP:3000; the fault hits the primary " +
+				"(kill: SIGKILL to the postmaster; stop: pg_ctl stop -m immediate; partition: its eth0 down); the outage " +
+				"runs to the first INSERT the new primary acknowledges. Then the old primary comes back, must be fenced, " +
+				"and rejoins as a replica (xlb pg rejoin). Exit status 1 when a commit was lost or a write reached a fenced primary.",
+			Flags: []cli.Flag{
+				labPrefixFlag,
+				&cli.StringFlag{Name: "fault", Value: string(lab.FaultKill), Usage: "kill, stop or partition"},
+				&cli.IntFlag{Name: "trials", Value: 3, Usage: "failovers to run, one after another"},
+				&cli.IntFlag{Name: "clients", Value: 4, Usage: "writers inserting through VIP:3000"},
+				&cli.DurationFlag{Name: "load", Value: time.Second, Usage: "load before the fault, after writes resume, and after fencing"},
+				jsonFlag,
+			},
+			Action: labDrill,
 		},
 		{
 			Name:  "demo",
@@ -78,11 +98,13 @@ func labUp(c *cli.Context) error {
 	defer stop()
 	w := c.App.Writer
 	if _, err := lab.Up(ctx, lab.Options{
-		Prefix:  prefix,
-		Binary:  self,
-		XDPMode: c.String("xdp-mode"),
-		LBs:     c.Int("lbs"),
-		Out:     w,
+		Prefix:      prefix,
+		Binary:      self,
+		XDPMode:     c.String("xdp-mode"),
+		LBs:         c.Int("lbs"),
+		NoPreempt:   c.Bool("no-preempt"),
+		Synchronous: c.Bool("synchronous"),
+		Out:         w,
 	}); err != nil {
 		return err
 	}
@@ -98,7 +120,53 @@ func labUp(c *cli.Context) error {
 	fmt.Fprintf(w, "\nThe lab keeps running. Try:\n")
 	fmt.Fprintf(w, "  %s lab exec%s client -- psql -h %v -p %d -U %s %s\n", self, pf, lab.VIP, lab.PortRW, lab.User, lab.Database)
 	fmt.Fprintf(w, "  %s backends --socket %s\n", self, lab.Socket(prefix, "lb1"))
+	if c.Int("lbs") > 1 {
+		fmt.Fprintf(w, "  %s status --socket %s   (VRRP: lb2's view)\n", self, lab.Socket(prefix, "lb2"))
+	}
 	fmt.Fprintf(w, "  %s lab down%s\n", self, pf)
+	return nil
+}
+
+func labDrill(c *cli.Context) error {
+	fault, err := lab.ParseFault(c.String("fault"))
+	if err != nil {
+		return &ConfigError{Field: "--fault", Err: err}
+	}
+	if c.NArg() > 0 {
+		return &ConfigError{Field: "arguments", Err: fmt.Errorf("unexpected %q: xlb lab drill takes flags only", c.Args().First())}
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	progress := c.App.Writer
+	if c.Bool("json") {
+		progress = c.App.ErrWriter
+	}
+	rep, err := lab.Drill(ctx, lab.DrillOptions{
+		Prefix:  c.String("prefix"),
+		Fault:   fault,
+		Trials:  c.Int("trials"),
+		Clients: c.Int("clients"),
+		Load:    c.Duration("load"),
+		Out:     progress,
+	})
+	if rep != nil && len(rep.Trials) > 0 {
+		if c.Bool("json") {
+			if jerr := writeJSON(c.App.Writer, rep); jerr != nil {
+				return errors.Join(err, jerr)
+			}
+		} else {
+			fmt.Fprintln(c.App.Writer)
+			if terr := rep.WriteTable(c.App.Writer); terr != nil {
+				return errors.Join(err, terr)
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if !rep.OK() {
+		return cli.Exit(fmt.Sprintf("drill: %d acknowledged commits lost, %d writes reached a fenced primary", rep.Lost, rep.FencedWrites), 1)
+	}
 	return nil
 }
 

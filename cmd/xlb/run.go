@@ -117,10 +117,20 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	owner := func() bool { return true }
 	var election *vip.Instance
 	if cfg.VRRP.Enabled {
-		if election, err = startVRRP(ctx, cfg, dp); err != nil {
+		var resigned <-chan struct{}
+		if election, resigned, err = startVRRP(ctx, cfg, dp); err != nil {
 			return err
 		}
-		defer election.Close()
+		defer func() {
+			// Run resigns (priority 0, VIP removed) once ctx ends: let it
+			// finish before the socket closes.
+			select {
+			case <-resigned:
+			case <-time.After(2 * time.Second):
+				slog.Error("vrrp did not resign within 2 s")
+			}
+			election.Close()
+		}()
 		owner = func() bool { return election.Status().State == vip.Master }
 	}
 
@@ -213,20 +223,21 @@ func (p poolWriter) Cut(b netip.AddrPort) error {
 // stops taking traffic before the backup takes over); on becoming backup it
 // drops the lease. The election ends, with a priority-0 advertisement, when
 // ctx ends.
-func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Instance, error) {
+func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Instance, <-chan struct{}, error) {
 	advert := time.Duration(cfg.VRRP.AdvertInterval)
-	// A lease that runs, or ran out less than a master-down interval ago,
-	// means this daemon's predecessor was master and no backup can have
-	// taken over yet (a restart, even after kill -9): resume as master.
-	prio := time.Duration(cfg.VRRP.Priority)
-	masterDown := 3*advert + (256-prio)*advert/256
+	// The lease outlives the last advertisement by 3 intervals, and a
+	// backup takes over 3 intervals + its skew after it: a lease that runs,
+	// or lapsed less than the skew ago, means this daemon's predecessor was
+	// master and no backup can have taken over yet (a restart, even after
+	// kill -9): resume as master.
+	skew := (256 - time.Duration(cfg.VRRP.Priority)) * advert / 256
 	ago, had, err := dp.LeaseLapsedAgo()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	resume := had && ago < masterDown
+	resume := had && ago < skew
 	if resume {
-		slog.Info("vrrp: resuming as master", "lease_lapsed_ago", ago, "master_down", masterDown)
+		slog.Info("vrrp: resuming as master", "lease_lapsed_ago", ago, "window", skew)
 	}
 	inst, err := vip.Dial(vip.Config{
 		Resume:         resume,
@@ -248,12 +259,14 @@ func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Inst
 		WhileMaster: func() { dp.RenewLease(3 * advert) },
 	})
 	if err != nil {
-		return nil, fmt.Errorf("starting vrrp: %w", err)
+		return nil, nil, fmt.Errorf("starting vrrp: %w", err)
 	}
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		if err := inst.Run(ctx); err != nil && ctx.Err() == nil {
 			slog.Error("vrrp stopped", "err", err)
 		}
 	}()
-	return inst, nil
+	return inst, done, nil
 }

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/xlb-dev/xlb/loader"
@@ -34,9 +33,15 @@ type Options struct {
 	Binary string
 	// XDPMode is the daemon's xdp_mode: auto (default), native or generic.
 	XDPMode string
-	// LBs is how many LB hosts the lab has: 1 (default) or 2. lb2 gets its
-	// namespace and the pass-through program on its peer, no daemon yet.
+	// LBs is how many LB hosts the lab has: 1 (default) or 2. With 1, lb1
+	// holds the VIP statically and its daemon runs without VRRP. With 2,
+	// lb1 and lb2 both run a daemon with VRRP on (VRID, priorities 150 and
+	// 100, VRRPAdvertInterval): the master adds the VIP, and Up returns
+	// once lb1 is master and lb2 backup.
 	LBs int
+	// NoPreempt turns VRRP preemption off (vrrp.preempt: false): a
+	// returning lb1 stays backup while lb2 is master.
+	NoPreempt bool
 	// Out receives one progress line per step; nil discards them.
 	Out io.Writer
 	// PoolTimeout bounds the wait for the daemon to fill the pools;
@@ -113,7 +118,10 @@ var (
 // in PassPinDir, and xlb run as a detached daemon), optionally lb2, and
 // client. It writes one line per step to opts.Out and returns once the
 // daemon has pg1 in the read/write pool and pg2 and pg3 in the read-only
-// one. Every PID it starts is recorded in the state file in StateDir.
+// one. With two LB hosts both run a daemon with VRRP on and neither gets
+// the VIP from Up: it returns once both daemons have those pools, lb1 is
+// VRRP master holding the VIP and lb2 backup. Every PID it starts is
+// recorded in the state file in StateDir.
 //
 // It returns an error wrapping ErrAlreadyUp, and changes nothing, when a
 // lab with the prefix exists. When a step fails it returns an error naming
@@ -144,7 +152,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 			Created: begin.UTC(),
 			Binary:  opts.Binary,
 			LBs:     slices.Clone(lbHosts[:opts.LBs]),
-			Daemons: slices.Clone(lbHosts[:1]),
+			Daemons: slices.Clone(lbHosts[:opts.LBs]),
 		},
 	}
 	defer func() {
@@ -238,11 +246,19 @@ func (u *upper) run(ctx context.Context) error {
 
 	for i, lb := range u.st.LBs {
 		n := topo.Node(lb)
-		if i == 0 {
+		if i == 0 && !u.vrrp() {
 			if err := u.step(fmt.Sprintf("configuring %s: VIP %v on %s, forwarding on", lb, VIP, HostIf), func() error {
 				if err := n.AddAddress(netip.PrefixFrom(VIP, 32)); err != nil {
 					return err
 				}
+				return n.NS.Do(func() error { return loader.EnableForwarding(HostIf) })
+			}); err != nil {
+				return err
+			}
+		}
+		if u.vrrp() {
+			// The VRRP master adds the VIP; forwarding is on everywhere.
+			if err := u.step(fmt.Sprintf("configuring %s: forwarding on (the VIP comes with VRRP)", lb), func() error {
 				return n.NS.Do(func() error { return loader.EnableForwarding(HostIf) })
 			}); err != nil {
 				return err
@@ -260,6 +276,9 @@ func (u *upper) run(ctx context.Context) error {
 		if err := u.startDaemon(ctx, lb); err != nil {
 			return err
 		}
+	}
+	if u.vrrp() {
+		return u.waitVRRP(ctx)
 	}
 	return nil
 }
@@ -322,7 +341,7 @@ func (u *upper) startDaemon(ctx context.Context, lb string) error {
 		return err
 	}
 
-	cfgPath := filepath.Join(u.lab.Dir, lb+".yaml")
+	cfgPath := daemonConfigPath(u.opts.Prefix, lb)
 	socket := Socket(u.opts.Prefix, lb)
 	if err := u.step(fmt.Sprintf("writing %s's configuration %s", lb, cfgPath), func() error {
 		return u.writeDaemonConfig(n, cfgPath, socket)
@@ -330,10 +349,10 @@ func (u *upper) startDaemon(ctx context.Context, lb string) error {
 		return err
 	}
 
-	logPath := filepath.Join(u.lab.Dir, "xlb-"+lb+".log")
+	logPath := daemonLogPath(u.opts.Prefix, lb)
 	var exited <-chan error
 	if err := u.step(fmt.Sprintf("starting xlb on %s (log %s)", lb, logPath), func() (err error) {
-		exited, err = u.startDetached(n, "xlb on "+lb, logPath, u.opts.Binary, "run", "--config", cfgPath)
+		exited, err = u.startDetached(n, daemonProcess(lb), logPath, u.opts.Binary, "run", "--config", cfgPath)
 		return err
 	}); err != nil {
 		return err
@@ -376,6 +395,9 @@ func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 	fmt.Fprintf(&b, "postgres:\n  user: %s\n  database: %s\n  password_file: %s\n", User, Database, pwPath)
 	fmt.Fprintf(&b, "  admin_user: %s\n  admin_password_file: %s\n", AdminUser, adminPwPath)
 	fmt.Fprintf(&b, "failover: true\nsynchronous: %t\n", u.opts.Synchronous)
+	if u.vrrp() {
+		u.writeVRRPConfig(&b, n.Name)
+	}
 	b.WriteString("nodes:\n")
 	for _, h := range pgHosts {
 		fmt.Fprintf(&b, "  - name: %s\n    address: %v\n", h, netip.AddrPortFrom(u.lab.Topology.Node(h).Addr.Addr(), PostgresPort))
@@ -392,22 +414,11 @@ func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 // returns a channel that gets the exit status when the process exits while
 // this process lives (waiting for it also reaps it).
 func (u *upper) startDetached(n *Node, name, logPath string, argv ...string) (<-chan error, error) {
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	pid, exited, err := spawnDetached(n.NS, logPath, argv...)
 	if err != nil {
-		return nil, fmt.Errorf("opening log: %w", err)
+		return nil, err
 	}
-	defer logf.Close() // the child has its own descriptor
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := n.NS.Start(cmd); err != nil {
-		return nil, fmt.Errorf("starting %s in %s: %w", argv[0], n.NS.Name, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	if err := u.st.addProcess(name, n.Name, cmd.Process.Pid, "SIGTERM"); err != nil {
+	if err := u.st.addProcess(name, n.Name, pid, "SIGTERM"); err != nil {
 		return nil, err
 	}
 	return exited, nil
