@@ -442,10 +442,10 @@ func (v *vrrpLab) preemptBack(ctx context.Context, p *prober, what string, t0 ti
 	macErr := v.waitVIPMAC("lb1", macWait)
 	macAt := time.Since(t0)
 	if macErr != nil && flush {
-		// A master that never stopped being master announces nothing: the
-		// client keeps lb2's MAC until its neighbour entry goes stale and
-		// fails (25-28 s here). Flush it to go on.
-		v.t.Logf("NOTE: %s: %v; flushing it", what, macErr)
+		// A master that never stopped being master must announce the VIP
+		// again when its link returns (else the client kept lb2's MAC for
+		// 25-28 s here). Flush it to go on.
+		v.t.Errorf("%s: %v; flushing it", what, macErr)
 		if err := v.client.Run("ip", "neigh", "flush", "to", lab.VIP.String(), "dev", lab.HostIf); err != nil {
 			v.t.Fatal(err)
 		}
@@ -483,13 +483,13 @@ func (v *vrrpLab) steppedDown(lb string, since time.Time) (time.Time, bool) {
 }
 
 // resumeWindow is how long after a kill a restarted daemon may still
-// resume as master rather than start as backup: its VIP lease outlives its
-// last advertisement by 3 intervals, and xlb run resumes when the lease
-// lapsed less than its own Master_Down_Interval ago.
+// resume as master rather than start as backup: xlb run resumes while its
+// VIP lease runs, which outlives its last advertisement by 3 intervals.
 func resumeWindow(lb string) time.Duration {
-	advert := lab.VRRPAdvertInterval
-	skew := time.Duration(256-lab.VRRPPriority(lb)) * advert / 256
-	return 3*advert + 3*advert + skew
+	// The daemon resumes only while its VIP lease runs: 3 advertisement
+	// intervals after the last advertisement, so at most that after a kill.
+	_ = lb
+	return 3 * lab.VRRPAdvertInterval
 }
 
 // afterResumeWindow waits until lb's daemon, killed at killed, would no
@@ -615,14 +615,14 @@ func TestVRRPStatusAndTakeover(t *testing.T) {
 	}
 	t.Logf("SIGTERM to xlb on lb1: the process was gone %v after", time.Since(t0).Round(time.Millisecond))
 	skew := time.Duration(256-lab.VRRPPriority("lb2")) * lab.VRRPAdvertInterval / 256
-	if took > skew+70*time.Millisecond {
-		t.Logf("NOTE: lb2 took over %v after the SIGTERM, beyond its skew %v plus 70 ms: lb1 sent no priority-0 advertisement", took, skew)
+	if took > skew+150*time.Millisecond {
+		t.Errorf("lb2 took over %v after the SIGTERM, beyond its skew %v plus 150 ms: lb1 sent no priority-0 advertisement", took, skew)
 	}
 	if v.logContains("lb1", t0, `msg="sending advertisements"`) {
-		t.Logf("NOTE: lb1 failed to send while resigning:\n%s", v.logTail("lb1", 6))
+		t.Errorf("lb1 failed to send while resigning:\n%s", v.logTail("lb1", 6))
 	}
 	if out, err := eth.Output("ip", "-br", "addr", "show", "dev", lab.HostIf); err != nil || strings.Contains(out, lab.VIP.String()+"/") {
-		t.Logf("NOTE: the VIP is still on lb1's %s after a clean stop: %q (%v)", lab.HostIf, strings.TrimSpace(out), err)
+		t.Errorf("the VIP is still on lb1's %s after a clean stop: %q (%v)", lab.HostIf, strings.TrimSpace(out), err)
 	}
 	v.requireWrite(ctx, "after SIGTERM", "lb2")
 	afterResumeWindow("lb1", t0)
@@ -729,7 +729,7 @@ func TestVRRPNoPreempt(t *testing.T) {
 	t.Logf("no preemption, lb1 killed, restarted %v after the kill (lb2 master already): resumed as master %t; now lb1 %v, lb2 %v",
 		restarted.Round(time.Millisecond), resumed, final["lb1"], final["lb2"])
 	if resumed && final["lb1"] != nil && final["lb1"].State == "master" {
-		t.Logf("NOTE: lb1 took the VIP back from lb2 although preemption is off (resume window %v after the kill)", resumeWindow("lb1"))
+		t.Errorf("lb1 took the VIP back from lb2 although preemption is off (resume window %v after the kill)", resumeWindow("lb1"))
 	}
 }
 

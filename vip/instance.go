@@ -403,17 +403,9 @@ func (in *Instance) handle(now time.Time, ev Event) {
 		// Another master (a healed split brain) yields to us: it had the
 		// VIP, so the LAN's caches may point at it. Announce again, as
 		// keepalived's garp_lower_prio_repeat does; at most once a second.
-		in.lastReannounce = now
 		in.log.Info("lower-priority master seen: announcing the vip again", "peer", ev.From, "peer_priority", ev.Priority)
 		in.send(in.cfg.Priority)
-		in.stopGARP()
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			in.announce(ctx)
-		}()
-		in.garp = func() { cancel(); <-done }
+		in.reannounce(now)
 	}
 	if s := in.m.State(); s != prev {
 		args := []any{"from", prev, "to", s, "event", eventName(ev.Kind)}
@@ -461,8 +453,27 @@ func (in *Instance) send(prio uint8) {
 		in.log.Warn("sending advertisements", "err", err)
 	case err == nil && in.sendErr != nil:
 		in.log.Info("sending advertisements again")
+		if in.m.State() == Master && in.holds {
+			// The link came back (it was down: sends failed). A peer may
+			// have taken the VIP meanwhile: announce it again.
+			in.sendErr = nil
+			in.reannounce(time.Now())
+		}
 	}
 	in.sendErr = err
+}
+
+// reannounce sends the gratuitous ARPs of a fresh takeover again.
+func (in *Instance) reannounce(now time.Time) {
+	in.lastReannounce = now
+	in.stopGARP()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in.announce(ctx)
+	}()
+	in.garp = func() { cancel(); <-done }
 }
 
 // takeVIP adds the VIP and starts announcing it.

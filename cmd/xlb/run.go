@@ -225,19 +225,18 @@ func (p poolWriter) Cut(b netip.AddrPort) error {
 // ctx ends.
 func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Instance, <-chan struct{}, error) {
 	advert := time.Duration(cfg.VRRP.AdvertInterval)
-	// The lease outlives the last advertisement by 3 intervals, and a
-	// backup takes over 3 intervals + its skew after it: a lease that runs,
-	// or lapsed less than the skew ago, means this daemon's predecessor was
-	// master and no backup can have taken over yet (a restart, even after
-	// kill -9): resume as master.
-	skew := (256 - time.Duration(cfg.VRRP.Priority)) * advert / 256
+	// The lease outlives the last advertisement by 3 intervals, and any
+	// backup waits 3 intervals plus its skew before taking over: a lease
+	// that still runs means this daemon's predecessor was master and no
+	// backup can have taken over yet (a restart, even after kill -9):
+	// resume as master.
 	ago, had, err := dp.LeaseLapsedAgo()
 	if err != nil {
 		return nil, nil, err
 	}
-	resume := had && ago < skew
+	resume := had && ago == 0
 	if resume {
-		slog.Info("vrrp: resuming as master", "lease_lapsed_ago", ago, "window", skew)
+		slog.Info("vrrp: resuming as master (lease still running)")
 	}
 	inst, err := vip.Dial(vip.Config{
 		Resume:         resume,
