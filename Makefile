@@ -44,8 +44,8 @@ lab:
 	@$(MAKE) --no-print-directory build || { echo "make lab: building bin/xlb failed" >&2; exit 1; }
 	@echo "make lab: removing any earlier lab (bin/xlb lab down)"
 	@bin/xlb lab down || { echo "make lab: bin/xlb lab down failed" >&2; exit 1; }
-	@echo "make lab: bringing the lab up (bin/xlb lab up --demo)"
-	@bin/xlb lab up --demo || { echo "make lab: bin/xlb lab up --demo failed; it tore down what it built" >&2; exit 1; }
+	@echo "make lab: bringing the lab up with two LB hosts (bin/xlb lab up --lbs 2 --demo)"
+	@bin/xlb lab up --lbs 2 --demo || { echo "make lab: bin/xlb lab up --lbs 2 --demo failed; it tore down what it built" >&2; exit 1; }
 
 clean:
 	rm -rf bin

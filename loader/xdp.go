@@ -152,3 +152,10 @@ func EnableForwarding(ifname string) error {
 	}
 	return nil
 }
+
+// Attached reports whether an XDP program is attached to ifname in the
+// calling network namespace.
+func Attached(ifname string) bool {
+	l, err := netlink.LinkByName(ifname)
+	return err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+}

@@ -199,7 +199,8 @@ type Instance struct {
 	nmu            sync.Mutex
 	queue          []func()
 	nwake          chan struct{}
-	lastReannounce time.Time // last re-announcement after a lower-priority master
+	lastReannounce time.Time     // last re-announcement after a lower-priority master
+	wantPrio       atomic.Uint32 // SetPriority's value, applied by the loop; 0: none
 }
 
 // New returns an instance that speaks through conn, puts the VIP on the
@@ -230,6 +231,14 @@ func New(cfg Config, conn Conn, addr Addresser, ann Announcer) (*Instance, error
 		Peers: slices.Clone(cfg.UnicastPeers), MasterAdvertInterval: cfg.AdvertInterval,
 	}
 	return in, nil
+}
+
+// SetPriority asks for a new priority (1–254), applied at the next event
+// of the election loop (within an advertisement interval). xlb lowers its
+// priority while its datapath is detached or no backend answers, as
+// keepalived's track weight does.
+func (in *Instance) SetPriority(p uint8) {
+	in.wantPrio.Store(uint32(p))
 }
 
 // Status returns a snapshot of the instance's state. It is safe to call
@@ -371,6 +380,10 @@ func (in *Instance) receive(now time.Time, msg []byte, h Header) {
 // handle runs ev through the machine, carries out its actions and updates
 // the status.
 func (in *Instance) handle(now time.Time, ev Event) {
+	if p := uint8(in.wantPrio.Load()); p != 0 && p != in.m.Priority() {
+		in.log.Info("vrrp priority", "from", in.m.Priority(), "to", p)
+		in.m.SetPriority(p)
+	}
 	prev := in.m.State()
 	if prev == Master && !in.holds && ev.Kind == TimerFired {
 		in.takeVIP() // the add failed: retry every interval
@@ -379,7 +392,7 @@ func (in *Instance) handle(now time.Time, ev Event) {
 	for _, a := range acts {
 		switch a {
 		case SendAdvert:
-			in.send(in.cfg.Priority)
+			in.send(in.m.Priority())
 		case SendResign:
 			in.send(priorityResign)
 		case BecomeMaster:
@@ -404,7 +417,7 @@ func (in *Instance) handle(now time.Time, ev Event) {
 		// VIP, so the LAN's caches may point at it. Announce again, as
 		// keepalived's garp_lower_prio_repeat does; at most once a second.
 		in.log.Info("lower-priority master seen: announcing the vip again", "peer", ev.From, "peer_priority", ev.Priority)
-		in.send(in.cfg.Priority)
+		in.send(in.m.Priority())
 		in.reannounce(now)
 	}
 	if s := in.m.State(); s != prev {

@@ -178,6 +178,23 @@ func (m *Machine) SkewTime() time.Duration {
 	return time.Duration(256-int64(m.cfg.Priority)) * m.masterInterval / 256
 }
 
+// SetPriority changes the router's priority (1–254), as keepalived's
+// tracking does: a master advertises the new one from its next
+// advertisement, so a better backup with preemption takes over. Priority
+// 255 (the owner's) cannot be set or left this way.
+func (m *Machine) SetPriority(p uint8) {
+	if p == 0 || p == priorityOwner || m.cfg.Priority == priorityOwner {
+		return
+	}
+	m.cfg.Priority = p
+	if m.state == Master {
+		m.masterPriority = p
+	}
+}
+
+// Priority returns the router's current priority.
+func (m *Machine) Priority() uint8 { return m.cfg.Priority }
+
 // MasterDownInterval returns Master_Down_Interval: 3 × Master_Adver_Interval
 // + Skew_Time, how long a backup waits for a silent master.
 func (m *Machine) MasterDownInterval() time.Duration {
@@ -296,6 +313,7 @@ func (m *Machine) enter(now time.Time, s State) {
 // MasterPriority, MasterAdvertInterval, LastAdvert and LastAdvertFrom.
 func (m *Machine) Status(s *Status) {
 	s.State, s.Since = m.state, m.since
+	s.Priority = m.cfg.Priority
 	s.Master, s.MasterPriority = m.master, m.masterPriority
 	if !m.master.IsValid() {
 		s.MasterPriority = 0

@@ -241,7 +241,7 @@ func TestMachineStatus(t *testing.T) {
 	var got Status
 	m.Status(&got)
 	want := Status{
-		State: Backup, Since: t0, Master: lb1Addr, MasterPriority: 200, MasterAdvertInterval: time.Second,
+		State: Backup, Since: t0, Priority: 100, Master: lb1Addr, MasterPriority: 200, MasterAdvertInterval: time.Second,
 		LastAdvert: t0.Add(time.Millisecond), LastAdvertFrom: lb1Addr,
 	}
 	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
@@ -309,5 +309,31 @@ func TestResumeStartsAsMaster(t *testing.T) {
 	m.Handle(now.Add(10*time.Millisecond), Event{Kind: AdvertReceived, From: netip.MustParseAddr("172.20.0.22"), Priority: 200, Interval: 50 * time.Millisecond})
 	if m.State() != Backup {
 		t.Fatalf("resumed master after a priority-200 advert: %v, want backup", m.State())
+	}
+}
+
+// TestSetPriority: a master whose priority drops below a backup's yields
+// when the backup (preempting) advertises, and advertises the new priority.
+func TestSetPriority(t *testing.T) {
+	self := netip.MustParseAddr("172.20.0.21")
+	m, err := NewMachine(MachineConfig{Addr: self, Priority: 150, AdvertInterval: 50 * time.Millisecond, Preempt: true, Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_700_000_000, 0)
+	m.Handle(now, Event{Kind: Startup})
+	m.SetPriority(50)
+	var s Status
+	m.Status(&s)
+	if m.Priority() != 50 || s.MasterPriority != 50 {
+		t.Fatalf("priority %d, master priority %d; want 50", m.Priority(), s.MasterPriority)
+	}
+	m.Handle(now.Add(60*time.Millisecond), Event{Kind: AdvertReceived, From: netip.MustParseAddr("172.20.0.22"), Priority: 100, Interval: 50 * time.Millisecond})
+	if m.State() != Backup {
+		t.Fatalf("master at priority 50 after a priority-100 advert: %v, want backup", m.State())
+	}
+	m.SetPriority(255) // the owner's priority cannot be taken this way
+	if m.Priority() != 50 {
+		t.Fatalf("SetPriority(255) changed the priority to %d", m.Priority())
 	}
 }

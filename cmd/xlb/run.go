@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -116,6 +117,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	}
 	owner := func() bool { return true }
 	var election *vip.Instance
+	var ctlRef atomic.Pointer[control.Controller]
 	if cfg.VRRP.Enabled {
 		var resigned <-chan struct{}
 		if election, resigned, err = startVRRP(ctx, cfg, dp); err != nil {
@@ -132,6 +134,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 			election.Close()
 		}()
 		owner = func() bool { return election.Status().State == vip.Master }
+		go trackPriority(ctx, cfg, election, func() bool { return ctlRef.Load() != nil && !anyUp(ctlRef.Load()) })
 	}
 
 	waker := health.NewWaker()
@@ -151,6 +154,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Go:       func(f func()) { go f() },
 		Now:      time.Now,
 	})
+	ctlRef.Store(ctl)
 	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election}
 
 	srv, err := serveAPI(cfg.Socket, d)
@@ -268,4 +272,45 @@ func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Inst
 		}
 	}()
 	return inst, done, nil
+}
+
+// trackWeight is how much the VRRP priority drops while this node cannot
+// serve: its datapath is detached, or no PostgreSQL node answers it (like
+// keepalived's track weight), so a healthy peer with preemption takes the VIP.
+const trackWeight = 50
+
+// trackPriority adjusts the election's priority to this node's health.
+func trackPriority(ctx context.Context, cfg *Config, inst *vip.Instance, noBackend func() bool) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	base := cfg.VRRP.Priority
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		p, why := base, ""
+		switch {
+		case !loader.Attached(cfg.Interface):
+			p, why = base-trackWeight, "datapath detached"
+		case noBackend():
+			p, why = base-trackWeight, "no backend answers"
+		}
+		p = max(p, 1)
+		if uint8(p) != inst.Status().Priority {
+			slog.Warn("vrrp priority", "priority", p, "base", base, "reason", why)
+		}
+		inst.SetPriority(uint8(p))
+	}
+}
+
+// anyUp reports whether the controller has any node up.
+func anyUp(c *control.Controller) bool {
+	for _, m := range c.Members() {
+		if m.Health == control.HealthUp {
+			return true
+		}
+	}
+	return false
 }
