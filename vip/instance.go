@@ -479,6 +479,11 @@ func (in *Instance) send(prio uint8) {
 // reannounce sends the gratuitous ARPs of a fresh takeover again.
 func (in *Instance) reannounce(now time.Time) {
 	in.lastReannounce = now
+	in.startGARP()
+}
+
+// startGARP (re)starts the burst of gratuitous ARPs for the VIP.
+func (in *Instance) startGARP() {
 	in.stopGARP()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -499,14 +504,7 @@ func (in *Instance) takeVIP() {
 		return
 	}
 	in.holds, in.addFailed = true, false
-	in.stopGARP()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		in.announce(ctx)
-	}()
-	in.garp = func() { cancel(); <-done }
+	in.startGARP()
 }
 
 // announce sends GARPCount gratuitous ARPs for the VIP, GARPInterval
