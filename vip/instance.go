@@ -71,6 +71,14 @@ type Config struct {
 	// master; 0 means DefaultGARPCount and DefaultGARPInterval.
 	GARPCount    int
 	GARPInterval time.Duration
+	// GARPRepeatAfter sends the burst a second time this long after the
+	// first (keepalived's garp_master_delay), for switches and hosts that
+	// missed it while links settled; default 5 s, negative: no second burst.
+	GARPRepeatAfter time.Duration
+	// GARPRefresh, when positive, sends one gratuitous ARP this often for
+	// as long as the node is master (keepalived's garp_master_refresh), so
+	// no cache stays stale after a split brain; 0: off.
+	GARPRefresh time.Duration
 	// OnMaster is called when this node has become master and holds the
 	// VIP; OnBackup when it has become backup (also once at startup) or
 	// stopped as master, and no longer holds it. They are called one at a time, in
@@ -100,6 +108,9 @@ type Config struct {
 func (c Config) withDefaults() (Config, error) {
 	if c.AdvertInterval == 0 {
 		c.AdvertInterval = DefaultAdvertInterval
+	}
+	if c.GARPRepeatAfter == 0 {
+		c.GARPRepeatAfter = 5 * time.Second
 	}
 	if c.GARPCount == 0 {
 		c.GARPCount = DefaultGARPCount
@@ -510,19 +521,46 @@ func (in *Instance) takeVIP() {
 // announce sends GARPCount gratuitous ARPs for the VIP, GARPInterval
 // apart, until ctx ends.
 func (in *Instance) announce(ctx context.Context) {
-	t := time.NewTicker(in.cfg.GARPInterval)
-	defer t.Stop()
+	if !in.burst(ctx) {
+		return
+	}
+	if in.cfg.GARPRepeatAfter > 0 {
+		if !sleepCtx(ctx, in.cfg.GARPRepeatAfter) || !in.burst(ctx) {
+			return
+		}
+	}
+	for in.cfg.GARPRefresh > 0 && sleepCtx(ctx, in.cfg.GARPRefresh) {
+		in.garpOnce()
+	}
+}
+
+// burst sends GARPCount gratuitous ARPs, GARPInterval apart; false when
+// ctx ended first.
+func (in *Instance) burst(ctx context.Context) bool {
 	for i := range in.cfg.GARPCount {
-		if i > 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
+		if i > 0 && !sleepCtx(ctx, in.cfg.GARPInterval) {
+			return false
 		}
-		if err := in.ann.Announce(in.cfg.VIP.Addr()); err != nil {
-			in.log.Warn("sending gratuitous arp", "vip", in.cfg.VIP.Addr(), "err", err)
-		}
+		in.garpOnce()
+	}
+	return true
+}
+
+func (in *Instance) garpOnce() {
+	if err := in.ann.Announce(in.cfg.VIP.Addr()); err != nil {
+		in.log.Warn("sending gratuitous arp", "vip", in.cfg.VIP.Addr(), "err", err)
+	}
+}
+
+// sleepCtx waits d; false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -182,6 +182,15 @@ func TestInstance(t *testing.T) {
 			stopAt: 560 * ms, ops: aloneOps, calls: aloneCalls, garps: aloneGARPs,
 		},
 		{
+			name: "second burst and periodic refresh while master",
+			cfg: func(c *Config) {
+				c.GARPRepeatAfter, c.GARPRefresh = 100*ms, 60*ms
+			},
+			stopAt: 560 * ms, ops: aloneOps, calls: aloneCalls,
+			garps: append(append([]string(nil), aloneGARPs...),
+				"470ms garp 172.20.0.100", "480ms garp 172.20.0.100", "490ms garp 172.20.0.100", "550ms garp 172.20.0.100"),
+		},
+		{
 			name:    "advertisements with TTL 64 are ignored",
 			packets: every(100*ms, 100*ms, 560*ms, higher, lowTTL),
 			stopAt:  560 * ms, ops: aloneOps, calls: aloneCalls, garps: aloneGARPs,

@@ -76,6 +76,7 @@ type VRRPConfig struct {
 	AdvertInterval Duration `yaml:"advert_interval"`
 	Preempt        *bool    `yaml:"preempt"`
 	UnicastPeers   []string `yaml:"unicast_peers"`
+	GARPRefresh    Duration `yaml:"garp_refresh"`
 
 	peers []netip.Addr
 }

@@ -251,6 +251,7 @@ func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Inst
 		Preempt:        *cfg.VRRP.Preempt,
 		VIP:            netip.PrefixFrom(cfg.vip, 32),
 		UnicastPeers:   cfg.VRRP.peers,
+		GARPRefresh:    time.Duration(cfg.VRRP.GARPRefresh),
 		SourceAddr:     cfg.nodeAddr,
 		OnMaster:       func() { slog.Warn("vrrp master: this node owns the vip", "vip", cfg.vip) },
 		OnBackup: func() {
