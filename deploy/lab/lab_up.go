@@ -444,23 +444,13 @@ func waitStreaming(ctx context.Context, primary *Postgres, replicas []string) er
 	}
 }
 
-// member is the part of a `xlb backends --json` row the lab reads.
-type member struct {
-	Member    string   `json:"member"`
-	Host      string   `json:"host"`
-	Role      string   `json:"role"`
-	State     string   `json:"state"`
-	Pools     []string `json:"pools"`
-	LastError string   `json:"last_error"`
-}
-
 // daemonBackends runs `xlb backends --json --socket socket` and decodes it.
-func daemonBackends(ctx context.Context, binary, socket string) ([]member, error) {
+func daemonBackends(ctx context.Context, binary, socket string) ([]Backend, error) {
 	out, err := output(ctx, binary, "backends", "--json", "--socket", socket)
 	if err != nil {
 		return nil, err
 	}
-	var ms []member
+	var ms []Backend
 	if err := json.Unmarshal([]byte(out), &ms); err != nil {
 		return nil, fmt.Errorf("decoding xlb backends --json: %w", err)
 	}
@@ -480,7 +470,7 @@ func waitPools(ctx context.Context, binary, socket string, want map[string]strin
 		ms, err := daemonBackends(bctx, binary, socket)
 		cancel()
 		if err == nil {
-			last = summarize(ms)
+			last = summarizeBackends(ms)
 			if poolsMatch(ms, want) {
 				return nil
 			}
@@ -496,7 +486,7 @@ func waitPools(ctx context.Context, binary, socket string, want map[string]strin
 	}
 }
 
-func poolsMatch(ms []member, want map[string]string) bool {
+func poolsMatch(ms []Backend, want map[string]string) bool {
 	found := 0
 	for _, m := range ms {
 		w, ok := want[m.Member]
@@ -509,19 +499,6 @@ func poolsMatch(ms []member, want map[string]string) bool {
 		found++
 	}
 	return found == len(want)
-}
-
-// summarize renders members as "pg1 primary/up pools 3000; …".
-func summarize(ms []member) string {
-	parts := make([]string, 0, len(ms))
-	for _, m := range ms {
-		s := fmt.Sprintf("%s %s/%s pools %v", m.Member, m.Role, m.State, m.Pools)
-		if m.LastError != "" {
-			s += " (" + m.LastError + ")"
-		}
-		parts = append(parts, s)
-	}
-	return strings.Join(parts, "; ")
 }
 
 // preflight checks what Up needs before it changes anything.
