@@ -37,20 +37,3 @@ func (d *Datapath) LeaseRemaining() (time.Duration, error) {
 	}
 	return time.Duration(l.ExpiresNs - now), nil
 }
-
-// LeaseLapsedAgo returns how long ago the VIP lease ran out: 0 while it
-// runs, and ok false when there never was one (or it was dropped).
-func (d *Datapath) LeaseLapsedAgo() (ago time.Duration, ok bool, err error) {
-	var l xlbXlbLease
-	if err := d.objs.LeaseMap.Lookup(uint32(0), &l); err != nil {
-		return 0, false, fmt.Errorf("reading vip lease: %w", err)
-	}
-	if l.ExpiresNs == 0 {
-		return 0, false, nil
-	}
-	now := monotonicCoarse()
-	if l.ExpiresNs > now {
-		return 0, true, nil
-	}
-	return time.Duration(now - l.ExpiresNs), true, nil
-}

@@ -196,9 +196,6 @@ func Load(cfg Config) (*Datapath, error) {
 	return d, nil
 }
 
-// Config returns the settings the datapath was loaded with, defaults filled in.
-func (d *Datapath) Config() Config { return d.cfg }
-
 // Program returns the XDP program, for Program.Run and benchmarks.
 func (d *Datapath) Program() *ebpf.Program { return d.objs.XlbXdp }
 

@@ -234,11 +234,11 @@ func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Inst
 	// that still runs means this daemon's predecessor was master and no
 	// backup can have taken over yet (a restart, even after kill -9):
 	// resume as master.
-	ago, had, err := dp.LeaseLapsedAgo()
+	left, err := dp.LeaseRemaining()
 	if err != nil {
 		return nil, nil, err
 	}
-	resume := had && ago == 0
+	resume := left > 0
 	if resume {
 		slog.Info("vrrp: resuming as master (lease still running)")
 	}
