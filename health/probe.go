@@ -184,29 +184,11 @@ func (p *Prober) probe(ctx context.Context) (obs Observation, retry bool) {
 	return obs, reused && !timedOut && p.conn == nil
 }
 
-// connect opens a connection with a configuration built field by field:
-// the password never passes through a connection string.
+// connect opens a connection to the target (see ConnConfig).
 func (p *Prober) connect(ctx context.Context) (*pgx.Conn, error) {
-	// sslmode=disable keeps the PG* environment's TLS settings out;
-	// every field that matters is set below.
-	cfg, err := pgx.ParseConfig("sslmode=disable")
-	if err != nil {
-		return nil, fmt.Errorf("building connection config: %w", err)
-	}
-	cfg.Host = p.target.Addr.Addr().String()
-	cfg.Port = p.target.Addr.Port()
-	cfg.User = p.target.User
-	cfg.Database = p.target.Database
-	cfg.Password = p.target.Password
-	cfg.TLSConfig = p.target.TLS
-	cfg.Fallbacks = nil
-	cfg.ConnectTimeout = p.timeout
-	cfg.DialFunc = (&net.Dialer{Timeout: p.timeout, KeepAlive: 5 * time.Second}).DialContext
-	cfg.RuntimeParams = map[string]string{"application_name": ApplicationName}
-	cfg.ValidateConnect, cfg.AfterConnect = nil, nil
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	cfg.StatementCacheCapacity, cfg.DescriptionCacheCapacity = 0, 0
-	return pgx.ConnectConfig(ctx, cfg)
+	t := p.target
+	return Connect(ctx, t.Addr.Addr().String(), t.Addr.Port(),
+		Login{User: t.User, Database: t.Database, Password: t.Password, TLS: t.TLS}, p.timeout)
 }
 
 // query runs probeSQL on p.conn and fills obs.

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/xlb-dev/xlb/control"
+	"github.com/xlb-dev/xlb/control/postgres"
 	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/loader"
 	"github.com/xlb-dev/xlb/vip"
@@ -148,7 +149,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Synchronous:      cfg.Synchronous,
 	}, nodes, control.Options{
 		Datapath: poolWriter{dp},
-		Promoter: newPGActions(admin.user, cfg.Postgres.Database, admin.password, 5*time.Second),
+		Promoter: postgres.NewActions(admin.user, cfg.Postgres.Database, admin.password, 5*time.Second),
 		Wake:     waker.Wake,
 		Owner:    owner,
 		Go:       func(f func()) { go f() },

@@ -1,4 +1,4 @@
-package main
+package postgres
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +17,7 @@ import (
 	"github.com/xlb-dev/xlb/health"
 )
 
-// pgActions carries out the controller's decisions on PostgreSQL nodes
+// Actions carries out the controller's decisions on PostgreSQL nodes
 // over pgx (control.Promoter): it promotes, repoints, sets synchronous
 // standbys and stops writes, connecting as an administrative role for each
 // action and closing the connection after it.
@@ -33,7 +32,7 @@ import (
 // ctx does; without a deadline on ctx it ends after maxWait. Waits for a
 // condition (a promotion, a WAL receiver streaming, a reload) poll every
 // pollEvery within that bound.
-type pgActions struct {
+type Actions struct {
 	user, database, password string
 	timeout                  time.Duration
 	// pollEvery is the interval of condition polls; default 10 ms.
@@ -42,13 +41,13 @@ type pgActions struct {
 	maxWait time.Duration
 }
 
-var _ control.Promoter = (*pgActions)(nil)
+var _ control.Promoter = (*Actions)(nil)
 
-// newPGActions returns a Promoter that logs in as user to database with
+// NewActions returns a Promoter that logs in as user to database with
 // password on every node, bounding connections and statements by timeout.
 // It does not connect yet.
-func newPGActions(user, database, password string, timeout time.Duration) *pgActions {
-	return &pgActions{user: user, database: database, password: password, timeout: timeout,
+func NewActions(user, database, password string, timeout time.Duration) *Actions {
+	return &Actions{user: user, database: database, password: password, timeout: timeout,
 		pollEvery: 10 * time.Millisecond, maxWait: 30 * time.Second}
 }
 
@@ -65,7 +64,7 @@ const (
 // StopWrites fenced takes writes again.
 // A node that is a primary already only gets AllowWrites. It returns an
 // error naming n when a step fails or ctx ends first.
-func (a *pgActions) Promote(ctx context.Context, n control.Node) error {
+func (a *Actions) Promote(ctx context.Context, n control.Node) error {
 	ctx, cancel := a.bound(ctx)
 	defer cancel()
 	start := time.Now()
@@ -110,7 +109,7 @@ func (a *pgActions) Promote(ctx context.Context, n control.Node) error {
 // setting. It does nothing when n is not read-only by default. It returns
 // an error naming n when a step fails, or when the setting stays on (set
 // in postgresql.conf, which ALTER SYSTEM cannot undo).
-func (a *pgActions) AllowWrites(ctx context.Context, n control.Node) error {
+func (a *Actions) AllowWrites(ctx context.Context, n control.Node) error {
 	ctx, cancel := a.bound(ctx)
 	defer cancel()
 	conn, err := a.connect(ctx, n.Addr.Addr().String(), n.Addr.Port())
@@ -124,7 +123,7 @@ func (a *pgActions) AllowWrites(ctx context.Context, n control.Node) error {
 	return nil
 }
 
-func (a *pgActions) allowWrites(ctx context.Context, conn *pgx.Conn) error {
+func (a *Actions) allowWrites(ctx context.Context, conn *pgx.Conn) error {
 	if on, err := a.show(ctx, conn, "default_transaction_read_only"); err != nil || on == "off" {
 		return err
 	}
@@ -145,7 +144,7 @@ func (a *pgActions) allowWrites(ctx context.Context, conn *pgx.Conn) error {
 // one that replayed past that point, and so cannot follow p without a
 // rewind, does too). It returns an error naming n and p when a step fails,
 // n is no replica, p is no primary, or ctx ends first.
-func (a *pgActions) Follow(ctx context.Context, n, p control.Node) error {
+func (a *Actions) Follow(ctx context.Context, n, p control.Node) error {
 	ctx, cancel := a.bound(ctx)
 	defer cancel()
 	start := time.Now()
@@ -220,7 +219,7 @@ func (a *pgActions) Follow(ctx context.Context, n, p control.Node) error {
 
 // prepareUpstream checks that p is a primary, creates slot there unless
 // it is empty or exists, and returns p's timeline.
-func (a *pgActions) prepareUpstream(ctx context.Context, p control.Node, slot string) (timeline int64, err error) {
+func (a *Actions) prepareUpstream(ctx context.Context, p control.Node, slot string) (timeline int64, err error) {
 	conn, err := a.connect(ctx, p.Addr.Addr().String(), p.Addr.Port())
 	if err != nil {
 		return 0, err
@@ -245,7 +244,7 @@ func (a *pgActions) prepareUpstream(ctx context.Context, p control.Node, slot st
 
 // ensureSlot creates the physical replication slot on the server at
 // host:port, reserving WAL at once, unless it exists.
-func (a *pgActions) ensureSlot(ctx context.Context, host string, port uint16, slot string) error {
+func (a *Actions) ensureSlot(ctx context.Context, host string, port uint16, slot string) error {
 	conn, err := a.connect(ctx, host, port)
 	if err != nil {
 		return err
@@ -255,7 +254,7 @@ func (a *pgActions) ensureSlot(ctx context.Context, host string, port uint16, sl
 }
 
 // ensureSlotOn is ensureSlot on an open connection.
-func (a *pgActions) ensureSlotOn(ctx context.Context, conn *pgx.Conn, slot string) error {
+func (a *Actions) ensureSlotOn(ctx context.Context, conn *pgx.Conn, slot string) error {
 	var exists bool
 	if err := a.queryRow(ctx, conn, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&exists); err != nil {
 		return fmt.Errorf("looking up replication slot %q: %w", slot, err)
@@ -278,7 +277,7 @@ func (a *pgActions) ensureSlotOn(ctx context.Context, conn *pgx.Conn, slot strin
 // polls SHOW until the server applies it. It returns an error naming p
 // when a step fails or ctx ends first (also when postgresql.conf sets the
 // value a RESET falls back to).
-func (a *pgActions) SetSynchronous(ctx context.Context, p control.Node, names []string) error {
+func (a *Actions) SetSynchronous(ctx context.Context, p control.Node, names []string) error {
 	ctx, cancel := a.bound(ctx)
 	defer cancel()
 	want := syncStandbyNames(names)
@@ -322,7 +321,7 @@ func syncStandbyNames(names []string) string {
 // walsenders stay, so the replicas receive everything. It returns
 // pg_current_wal_lsn() after that, or an error naming p when a step fails
 // or ctx ends first. AllowWrites (or Promote) undoes it.
-func (a *pgActions) StopWrites(ctx context.Context, p control.Node) (uint64, error) {
+func (a *Actions) StopWrites(ctx context.Context, p control.Node) (uint64, error) {
 	ctx, cancel := a.bound(ctx)
 	defer cancel()
 	fail := func(err error) (uint64, error) { return 0, fmt.Errorf("stopping writes on %s: %w", p.Name, err) }
@@ -372,7 +371,7 @@ func (a *pgActions) StopWrites(ctx context.Context, p control.Node) (uint64, err
 // reloadUntil runs pg_reload_conf() and polls SHOW name in the same
 // session until it reads want: the backend applies a reload when the
 // postmaster, done reloading, signals it.
-func (a *pgActions) reloadUntil(ctx context.Context, conn *pgx.Conn, name, want string) error {
+func (a *Actions) reloadUntil(ctx context.Context, conn *pgx.Conn, name, want string) error {
 	if err := a.exec(ctx, conn, "SELECT pg_reload_conf()"); err != nil {
 		return fmt.Errorf("reloading the configuration: %w", err)
 	}
@@ -389,52 +388,32 @@ func (a *pgActions) reloadUntil(ctx context.Context, conn *pgx.Conn, name, want 
 }
 
 // bound returns ctx, or ctx limited to maxWait when it has no deadline.
-func (a *pgActions) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+func (a *Actions) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, a.maxWait)
 }
 
-// connect opens an administrative connection to host:port (see pgConnect).
-func (a *pgActions) connect(ctx context.Context, host string, port uint16) (*pgx.Conn, error) {
-	return pgConnect(ctx, host, port, a.user, a.database, a.password, a.timeout)
-}
-
-// pgConnect opens a connection built field by field, as health's probes
-// do: the password never passes through a connection string, the simple
-// protocol (no prepared statements), application_name xlb, TLS off, and
-// timeout bounding the dial and the login.
-func pgConnect(ctx context.Context, host string, port uint16, user, database, password string, timeout time.Duration) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig("sslmode=disable")
+// connect opens an administrative connection to host:port with
+// health's connection builder (health.ConnConfig).
+func (a *Actions) connect(ctx context.Context, host string, port uint16) (*pgx.Conn, error) {
+	conn, err := health.Connect(ctx, host, port, health.Login{User: a.user, Database: a.database, Password: a.password}, a.timeout)
 	if err != nil {
-		return nil, fmt.Errorf("building connection config: %w", err)
-	}
-	cfg.Host, cfg.Port = host, port
-	cfg.User, cfg.Database, cfg.Password = user, database, password
-	cfg.TLSConfig, cfg.Fallbacks = nil, nil
-	cfg.ConnectTimeout = timeout
-	cfg.DialFunc = (&net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Second}).DialContext
-	cfg.RuntimeParams = map[string]string{"application_name": health.ApplicationName}
-	cfg.ValidateConnect, cfg.AfterConnect = nil, nil
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	cfg.StatementCacheCapacity, cfg.DescriptionCacheCapacity = 0, 0
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to %s as %s: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), user, err)
+		return nil, fmt.Errorf("connecting to %s as %s: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), a.user, err)
 	}
 	return conn, nil
 }
 
 // close closes conn, bounded by the timeout.
-func (a *pgActions) close(conn *pgx.Conn) {
+func (a *Actions) close(conn *pgx.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 	defer cancel()
 	conn.Close(ctx)
 }
 
 // exec runs one statement, bounded by the timeout.
-func (a *pgActions) exec(ctx context.Context, conn *pgx.Conn, sql string, args ...any) error {
+func (a *Actions) exec(ctx context.Context, conn *pgx.Conn, sql string, args ...any) error {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	_, err := conn.Exec(ctx, sql, args...)
@@ -443,7 +422,7 @@ func (a *pgActions) exec(ctx context.Context, conn *pgx.Conn, sql string, args .
 
 // queryRow runs one query bounded by the timeout; the bound holds until
 // Scan, which reads the row.
-func (a *pgActions) queryRow(ctx context.Context, conn *pgx.Conn, sql string, args ...any) pgx.Row {
+func (a *Actions) queryRow(ctx context.Context, conn *pgx.Conn, sql string, args ...any) pgx.Row {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	return cancelRow{conn.QueryRow(ctx, sql, args...), cancel}
 }
@@ -458,7 +437,7 @@ func (r cancelRow) Scan(dst ...any) error {
 	return r.Row.Scan(dst...)
 }
 
-func (a *pgActions) inRecovery(ctx context.Context, conn *pgx.Conn) (bool, error) {
+func (a *Actions) inRecovery(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	var rec bool
 	if err := a.queryRow(ctx, conn, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
 		return false, fmt.Errorf("reading pg_is_in_recovery: %w", err)
@@ -466,7 +445,7 @@ func (a *pgActions) inRecovery(ctx context.Context, conn *pgx.Conn) (bool, error
 	return rec, nil
 }
 
-func (a *pgActions) show(ctx context.Context, conn *pgx.Conn, name string) (string, error) {
+func (a *Actions) show(ctx context.Context, conn *pgx.Conn, name string) (string, error) {
 	var v string
 	if err := a.queryRow(ctx, conn, "SELECT current_setting($1)", name).Scan(&v); err != nil {
 		return "", fmt.Errorf("reading %s: %w", name, err)
@@ -476,7 +455,7 @@ func (a *pgActions) show(ctx context.Context, conn *pgx.Conn, name string) (stri
 
 // poll calls ok every pollEvery until it returns true or ctx ends; then it
 // returns ctx's error joined with ok's last one.
-func (a *pgActions) poll(ctx context.Context, ok func(context.Context) (bool, error)) error {
+func (a *Actions) poll(ctx context.Context, ok func(context.Context) (bool, error)) error {
 	return pollEvery(ctx, a.pollEvery, ok)
 }
 
@@ -522,267 +501,4 @@ func derefInt(i *int32) int32 {
 		return 0
 	}
 	return *i
-}
-
-// quoteIdent quotes s as an SQL identifier: "s", inner quotes doubled.
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
-
-// quoteLiteral quotes s as an SQL string literal as PostgreSQL's
-// quote_literal does: inner quotes doubled, and when s holds a backslash,
-// an E'...' literal with backslashes doubled, which reads the same whatever
-// standard_conforming_strings is.
-func quoteLiteral(s string) string {
-	q := strings.ReplaceAll(s, "'", "''")
-	if strings.Contains(s, `\`) {
-		return `E'` + strings.ReplaceAll(q, `\`, `\\`) + `'`
-	}
-	return "'" + q + "'"
-}
-
-// connInfo is a libpq connection string (primary_conninfo) as its
-// keyword/value pairs, in order.
-type connInfo []connParam
-
-type connParam struct{ Key, Value string }
-
-// errConnInfo means a connection string is malformed. Errors wrapping it
-// give a byte offset, never a keyword or value: the string may hold a
-// password.
-var errConnInfo = errors.New("malformed connection string")
-
-// parseConnInfo parses a libpq connection string as libpq does: either
-// keyword = value pairs separated by whitespace, a value in single quotes
-// when it holds whitespace or is empty, a backslash taking the next
-// character literally (quoted or not); or a postgresql:// (postgres://)
-// URI, whose parts become the pairs user, password, host, port, dbname and
-// then its parameters, percent-decoded. Keywords must be letters, digits
-// and underscores but are not checked against libpq's list.
-func parseConnInfo(s string) (connInfo, error) {
-	if strings.HasPrefix(s, "postgresql://") || strings.HasPrefix(s, "postgres://") {
-		return parseConnURI(s)
-	}
-	var c connInfo
-	i := 0
-	skip := func() {
-		for i < len(s) && isConnSpace(s[i]) {
-			i++
-		}
-	}
-	for {
-		skip()
-		if i == len(s) {
-			return c, nil
-		}
-		start := i
-		for i < len(s) && s[i] != '=' && !isConnSpace(s[i]) {
-			i++
-		}
-		key := s[start:i]
-		skip()
-		if key == "" || i == len(s) || s[i] != '=' {
-			return nil, fmt.Errorf("%w: keyword without \"=\" at byte %d", errConnInfo, start)
-		}
-		if !isConnKeyword(key) {
-			return nil, fmt.Errorf("%w: bad keyword at byte %d", errConnInfo, start)
-		}
-		i++
-		skip()
-		var v strings.Builder
-		if i < len(s) && s[i] == '\'' {
-			open := i
-			i++
-			for {
-				if i == len(s) {
-					return nil, fmt.Errorf("%w: unterminated quoted value at byte %d", errConnInfo, open)
-				}
-				if s[i] == '\\' && i+1 < len(s) {
-					v.WriteByte(s[i+1])
-					i += 2
-					continue
-				}
-				if s[i] == '\'' {
-					i++
-					break
-				}
-				v.WriteByte(s[i])
-				i++
-			}
-		} else {
-			for i < len(s) && !isConnSpace(s[i]) {
-				if s[i] == '\\' && i+1 < len(s) {
-					i++
-				}
-				v.WriteByte(s[i])
-				i++
-			}
-		}
-		c.set(key, v.String())
-	}
-}
-
-// parseConnURI parses a postgresql:// URI (see parseConnInfo).
-func parseConnURI(s string) (connInfo, error) {
-	_, rest, _ := strings.Cut(s, "://")
-	rest, query, _ := strings.Cut(rest, "?")
-	netloc, path, _ := strings.Cut(rest, "/")
-	var c connInfo
-	unescape := func(what, v string) (string, error) {
-		u, err := url.PathUnescape(v)
-		if err != nil {
-			return "", fmt.Errorf("%w: bad percent-encoding in the URI's %s", errConnInfo, what)
-		}
-		return u, nil
-	}
-	if at := strings.LastIndexByte(netloc, '@'); at >= 0 {
-		user, pass, hasPass := strings.Cut(netloc[:at], ":")
-		netloc = netloc[at+1:]
-		if user != "" {
-			u, err := unescape("user", user)
-			if err != nil {
-				return nil, err
-			}
-			c.set("user", u)
-		}
-		if hasPass {
-			p, err := unescape("password", pass)
-			if err != nil {
-				return nil, err
-			}
-			c.set("password", p)
-		}
-	}
-	if netloc != "" {
-		var hosts, ports []string
-		anyPort := false
-		for _, hp := range strings.Split(netloc, ",") {
-			host, port := hp, ""
-			if strings.HasPrefix(hp, "[") {
-				end := strings.IndexByte(hp, ']')
-				if end < 0 {
-					return nil, fmt.Errorf("%w: unterminated [ in the URI's host", errConnInfo)
-				}
-				host, port = hp[1:end], strings.TrimPrefix(hp[end+1:], ":")
-			} else {
-				host, port, _ = strings.Cut(hp, ":")
-			}
-			h, err := unescape("host", host)
-			if err != nil {
-				return nil, err
-			}
-			hosts, ports = append(hosts, h), append(ports, port)
-			anyPort = anyPort || port != ""
-		}
-		c.set("host", strings.Join(hosts, ","))
-		if anyPort {
-			c.set("port", strings.Join(ports, ","))
-		}
-	}
-	if path != "" {
-		db, err := unescape("database", path)
-		if err != nil {
-			return nil, err
-		}
-		c.set("dbname", db)
-	}
-	if query != "" {
-		for _, kv := range strings.Split(query, "&") {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok || k == "" {
-				return nil, fmt.Errorf("%w: URI parameter without \"=\"", errConnInfo)
-			}
-			k, err := unescape("parameters", k)
-			if err != nil {
-				return nil, err
-			}
-			if !isConnKeyword(k) {
-				return nil, fmt.Errorf("%w: bad keyword in the URI's parameters", errConnInfo)
-			}
-			if v, err = unescape("parameters", v); err != nil {
-				return nil, err
-			}
-			c.set(k, v)
-		}
-	}
-	return c, nil
-}
-
-// isConnKeyword reports whether s can be a libpq keyword: letters, digits
-// and underscores (libpq rejects any other as unknown).
-func isConnKeyword(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c == '_' || '0' <= c && c <= '9' || 'a' <= c|0x20 && c|0x20 <= 'z') {
-			return false
-		}
-	}
-	return s != ""
-}
-
-// isConnSpace is libpq's isspace for connection strings.
-func isConnSpace(b byte) bool {
-	return b == ' ' || b == '\t' || b == '\n' || b == '\v' || b == '\f' || b == '\r'
-}
-
-// get returns key's value and whether it is set.
-func (c connInfo) get(key string) (string, bool) {
-	for _, p := range c {
-		if p.Key == key {
-			return p.Value, true
-		}
-	}
-	return "", false
-}
-
-// set replaces key's value where it is, or appends the pair; a key set
-// twice (libpq: the last wins) keeps one pair.
-func (c *connInfo) set(key, value string) {
-	found := false
-	out := (*c)[:0]
-	for _, p := range *c {
-		if p.Key == key {
-			if found {
-				continue
-			}
-			p.Value, found = value, true
-		}
-		out = append(out, p)
-	}
-	if !found {
-		out = append(out, connParam{key, value})
-	}
-	*c = out
-}
-
-// del removes key.
-func (c *connInfo) del(key string) {
-	out := (*c)[:0]
-	for _, p := range *c {
-		if p.Key != key {
-			out = append(out, p)
-		}
-	}
-	*c = out
-}
-
-// String returns c in keyword=value form, quoting a value that is empty or
-// holds whitespace, a quote or a backslash: parseConnInfo(c.String())
-// gives c back.
-func (c connInfo) String() string {
-	parts := make([]string, len(c))
-	for i, p := range c {
-		parts[i] = p.Key + "=" + quoteConnValue(p.Value)
-	}
-	return strings.Join(parts, " ")
-}
-
-// quoteConnValue quotes a libpq connection string value when it must be.
-func quoteConnValue(s string) string {
-	plain := s != ""
-	for i := 0; i < len(s) && plain; i++ {
-		plain = !isConnSpace(s[i]) && s[i] != '\'' && s[i] != '\\'
-	}
-	if plain {
-		return s
-	}
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
