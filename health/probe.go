@@ -2,7 +2,6 @@ package health
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -35,9 +34,8 @@ type Target struct {
 	User     string
 	Database string
 	Password string
-	// TLS, when set, is used for every connection, which fails when the
-	// server does not offer TLS; nil connects in plain text.
-	TLS *tls.Config
+	// TLS says how connections are protected (default: sslmode prefer).
+	TLS TLS
 }
 
 // Observation is one probe's result. Fields after Latency are set only

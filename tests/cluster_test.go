@@ -89,7 +89,7 @@ func (c *cluster) connect(ctx context.Context, port int) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.Password = lab.Password
+	cfg.Password = c.lab.Secrets.Password
 	cfg.DialFunc = c.lab.Topology.Node("client").NS.DialContext
 	return pgx.ConnectConfig(ctx, cfg)
 }

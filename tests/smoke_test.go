@@ -126,7 +126,7 @@ func TestSmoke(t *testing.T) {
 
 	// The control: straight to pg1 the backend sees the client, so the
 	// client_addr check below can tell NAT from no NAT.
-	row, err := lab.Query(ctx, cl.NS, lab.LabConn(pg1Addr, lab.PostgresPort),
+	row, err := lab.Query(ctx, cl.NS, lab.ProcessSecrets().AppConn(pg1Addr, lab.PostgresPort),
 		"select client_addr from pg_stat_activity where pid = pg_backend_pid()")
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +157,7 @@ func TestSmoke(t *testing.T) {
 func testRW(ctx context.Context, t *testing.T, dp *loader.Datapath, cl *lab.Node) {
 	qctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	row, err := lab.Query(qctx, cl.NS, lab.LabConn(lab.VIP, lab.PortRW),
+	row, err := lab.Query(qctx, cl.NS, lab.ProcessSecrets().AppConn(lab.VIP, lab.PortRW),
 		"select current_user, current_database(), client_addr, 6*7 from pg_stat_activity where pid = pg_backend_pid()")
 	if err != nil {
 		t.Fatalf("query through the VIP: %v", err)
@@ -219,7 +219,7 @@ func testRW(ctx context.Context, t *testing.T, dp *loader.Datapath, cl *lab.Node
 // must answer the SYN with a RST, so psql fails at once instead of waiting
 // out its connect_timeout.
 func testRONoBackend(ctx context.Context, t *testing.T, dp *loader.Datapath, cl *lab.Node) {
-	conn := lab.LabConn(lab.VIP, lab.PortRO)
+	conn := lab.ProcessSecrets().AppConn(lab.VIP, lab.PortRO)
 	conn.ConnectTimeout = 3 * time.Second
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

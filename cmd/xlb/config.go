@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/loader"
 )
 
@@ -58,6 +59,9 @@ type PostgresConfig struct {
 	PasswordFile      string `yaml:"password_file"`
 	AdminUser         string `yaml:"admin_user"`
 	AdminPasswordFile string `yaml:"admin_password_file"`
+	// TLS (sslmode, sslrootcert, sslcert, sslkey) protects the probes'
+	// connections and the administrative ones alike.
+	TLS health.TLS `yaml:",inline"`
 }
 
 // ProbeConfig holds the probe timing and hysteresis.
@@ -167,6 +171,9 @@ func (c *Config) setDefaults() {
 	if c.Socket == "" {
 		c.Socket = defaultSocket
 	}
+	if c.Postgres.TLS.SSLMode == "" {
+		c.Postgres.TLS.SSLMode = "prefer"
+	}
 	if c.Probe.Interval == 0 {
 		c.Probe.Interval = Duration(500 * time.Millisecond)
 	}
@@ -234,6 +241,13 @@ func (c *Config) validate() error {
 	}
 	if c.Postgres.Database == "" {
 		return fieldErr("postgres.database", "required")
+	}
+	if err := c.Postgres.TLS.Check(); err != nil {
+		var fe *health.FieldError
+		if errors.As(err, &fe) {
+			return &ConfigError{Field: "postgres." + fe.Field, Err: fe.Err}
+		}
+		return &ConfigError{Field: "postgres", Err: err}
 	}
 	if c.Probe.Interval < Duration(10*time.Millisecond) {
 		return fieldErr("probe.interval", "%v is too short (at least 10ms)", time.Duration(c.Probe.Interval))

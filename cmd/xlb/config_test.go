@@ -2,6 +2,13 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,6 +86,10 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"timeout zero after defaults", "interface: eth0", "interface: eth0\nprobe:\n  timeout: -1s", "probe.timeout"},
 		{"unknown field", "interface: eth0", "interface: eth0\nvipp: 1.2.3.4", "vipp"},
 		{"no user", "  user: ramos\n", "", "postgres.user"},
+		{"bad sslmode", "  user: ramos\n", "  user: ramos\n  sslmode: maybe\n", "postgres.sslmode"},
+		{"verify-full without a CA", "  user: ramos\n", "  user: ramos\n  sslmode: verify-full\n", "postgres.sslrootcert"},
+		{"missing CA file", "  user: ramos\n", "  user: ramos\n  sslmode: verify-ca\n  sslrootcert: /nonexistent/ca.pem\n", "postgres.sslrootcert"},
+		{"cert without key", "  user: ramos\n", "  user: ramos\n  sslcert: /nonexistent/c.pem\n", "postgres.sslkey"},
 		{"node without name", "  - name: pg2\n", "  - name: \"\"\n", "nodes[1].name"},
 		{"duplicate name", "  - name: pg2\n", "  - name: pg1\n", "nodes[1].name"},
 		{"bad node address", "address: 172.20.0.11:5432", "address: pg2", "nodes[1].address"},
@@ -99,6 +110,80 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestConfigTLSFiles checks the TLS files' content and modes: a root
+// certificate that holds no PEM certificate and a key its group may read
+// are refused, naming the field; good files pass.
+func TestConfigTLSFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, data string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ca := write("ca.pem", testCAPEM(t), 0o644)
+	junk := write("junk.pem", "not a certificate\n", 0o644)
+	cert := write("client.pem", testCAPEM(t), 0o644)
+	openKey := write("open.key", "key\n", 0o640)
+	key := write("client.key", "key\n", 0o600)
+	tests := []struct {
+		name, tls, field string
+	}{
+		{"good", "  sslmode: verify-full\n  sslrootcert: " + ca + "\n  sslcert: " + cert + "\n  sslkey: " + key + "\n", ""},
+		{"junk CA", "  sslmode: verify-ca\n  sslrootcert: " + junk + "\n", "postgres.sslrootcert"},
+		{"key readable by its group", "  sslcert: " + cert + "\n  sslkey: " + openKey + "\n", "postgres.sslkey"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parseConfig([]byte(strings.Replace(goodConfig, "  user: ramos\n", "  user: ramos\n"+tt.tls, 1)))
+			if tt.field == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.Postgres.TLS.SSLRootCert != ca || c.Postgres.TLS.SSLKey != key {
+					t.Errorf("TLS settings = %+v, want the files given", c.Postgres.TLS)
+				}
+				return
+			}
+			ce, ok := err.(*ConfigError)
+			if !ok {
+				t.Fatalf("got %v, want a *ConfigError", err)
+			}
+			if ce.Field != tt.field {
+				t.Fatalf("field %q (%v), want %q", ce.Field, err, tt.field)
+			}
+		})
+	}
+	c, err := parseConfig([]byte(goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Postgres.TLS.SSLMode != "prefer" {
+		t.Errorf("default sslmode %q, want prefer", c.Postgres.TLS.SSLMode)
+	}
+}
+
+// testCAPEM returns a fresh self-signed CA certificate in PEM.
+func testCAPEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "xlb test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
 // TestRunExitCodes runs `xlb run` on bad input: exit 2 and the field named

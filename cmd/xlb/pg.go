@@ -46,6 +46,10 @@ var pgCommand = &cli.Command{
 				&cli.StringFlag{Name: "passfile", Usage: "libpq password file that primary_conninfo names (default: the current primary_conninfo's, else DATA-DIR/pgpass)"},
 				&cli.StringFlag{Name: "log-file", Usage: "server log for pg_ctl start (default: postgres.log beside the data directory)"},
 				&cli.StringFlag{Name: "config-file", Usage: "postgresql.conf when it is not in the data directory (Debian: /etc/postgresql/15/main/postgresql.conf), for pg_rewind and the server"},
+				&cli.StringFlag{Name: "sslmode", Value: "prefer", Usage: "TLS to the primary, as libpq's sslmode: disable, allow, prefer, require, verify-ca or verify-full"},
+				&cli.StringFlag{Name: "sslrootcert", Usage: "CA certificate(s) that sign the primary's certificate (PEM)"},
+				&cli.StringFlag{Name: "sslcert", Usage: "client certificate (PEM), when the primary asks for one"},
+				&cli.StringFlag{Name: "sslkey", Usage: "the client certificate's key (PEM, mode 0600)"},
 				&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "bound on the whole rejoin"},
 			},
 			OnUsageError: func(_ *cli.Context, err error, _ bool) error { return &ConfigError{Field: "flags", Err: err} },
@@ -94,7 +98,9 @@ func rejoinOptionsFrom(c *cli.Context) (postgres.RejoinOptions, error) {
 		Passfile:      c.String("passfile"),
 		LogFile:       c.String("log-file"),
 		ConfigFile:    c.String("config-file"),
-		Timeout:       c.Duration("timeout"),
+		TLS: health.TLS{SSLMode: c.String("sslmode"), SSLRootCert: c.String("sslrootcert"),
+			SSLCert: c.String("sslcert"), SSLKey: c.String("sslkey")},
+		Timeout: c.Duration("timeout"),
 	}
 	if c.NArg() > 0 {
 		return o, &ConfigError{Field: "arguments", Err: fmt.Errorf("unexpected %q: xlb pg rejoin takes flags only", c.Args().First())}
@@ -142,6 +148,13 @@ func rejoinOptionsFrom(c *cli.Context) (postgres.RejoinOptions, error) {
 	}
 	if o.AdminUser == "" {
 		return o, &ConfigError{Field: "--pg-user", Err: errors.New("empty")}
+	}
+	if err := o.TLS.Check(); err != nil {
+		var fe *health.FieldError
+		if errors.As(err, &fe) {
+			return o, &ConfigError{Field: "--" + fe.Field, Err: fe.Err}
+		}
+		return o, &ConfigError{Field: "--sslmode", Err: err}
 	}
 	if o.Timeout <= 0 {
 		return o, &ConfigError{Field: "--timeout", Err: fmt.Errorf("%v: want a positive duration", o.Timeout)}

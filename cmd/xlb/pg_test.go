@@ -58,6 +58,8 @@ func TestRejoinFlags(t *testing.T) {
 		{"bad slot", with("--slot", "Pg-1"), "--slot"},
 		{"missing config file", with("--config-file", filepath.Join(t.TempDir(), "none.conf")), "--config-file"},
 		{"zero timeout", with("--timeout", "0s"), "--timeout"},
+		{"bad sslmode", with("--sslmode", "sometimes"), "--sslmode"},
+		{"verify-full without a CA", with("--sslmode", "verify-full"), "--sslrootcert"},
 		{"no admin password", []string{"pg", "rejoin", "--data-dir", data, "--primary", "127.0.0.1:5432"}, "--password-file"},
 		{"missing replication password file", with("--replication-password-file", filepath.Join(t.TempDir(), "none")), "--replication-password-file"},
 		{"unknown flag", with("--bogus"), "flags"},

@@ -114,7 +114,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	for i, n := range cfg.Nodes {
 		nodes[i] = control.Node{Name: n.Name, Addr: cfg.nodes[i], Priority: n.Priority}
 		targets[i] = health.Target{Name: n.Name, Addr: cfg.nodes[i], User: cfg.Postgres.User,
-			Database: cfg.Postgres.Database, Password: password}
+			Database: cfg.Postgres.Database, Password: password, TLS: cfg.Postgres.TLS}
 	}
 	owner := func() bool { return true }
 	var election *vip.Instance
@@ -149,11 +149,12 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Synchronous:      cfg.Synchronous,
 	}, nodes, control.Options{
 		Datapath: poolWriter{dp},
-		Promoter: postgres.NewActions(admin.user, cfg.Postgres.Database, admin.password, 5*time.Second),
-		Wake:     waker.Wake,
-		Owner:    owner,
-		Go:       func(f func()) { go f() },
-		Now:      time.Now,
+		Promoter: postgres.NewActions(health.Login{User: admin.user, Database: cfg.Postgres.Database,
+			Password: admin.password, TLS: cfg.Postgres.TLS}, 5*time.Second),
+		Wake:  waker.Wake,
+		Owner: owner,
+		Go:    func(f func()) { go f() },
+		Now:   time.Now,
 	})
 	ctlRef.Store(ctl)
 	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election}

@@ -33,8 +33,8 @@ import (
 // condition (a promotion, a WAL receiver streaming, a reload) poll every
 // pollEvery within that bound.
 type Actions struct {
-	user, database, password string
-	timeout                  time.Duration
+	login   health.Login
+	timeout time.Duration
 	// pollEvery is the interval of condition polls; default 10 ms.
 	pollEvery time.Duration
 	// maxWait bounds an action whose ctx has no deadline; default 30 s.
@@ -43,11 +43,10 @@ type Actions struct {
 
 var _ control.Promoter = (*Actions)(nil)
 
-// NewActions returns a Promoter that logs in as user to database with
-// password on every node, bounding connections and statements by timeout.
-// It does not connect yet.
-func NewActions(user, database, password string, timeout time.Duration) *Actions {
-	return &Actions{user: user, database: database, password: password, timeout: timeout,
+// NewActions returns a Promoter that logs in with login on every node,
+// bounding connections and statements by timeout. It does not connect yet.
+func NewActions(login health.Login, timeout time.Duration) *Actions {
+	return &Actions{login: login, timeout: timeout,
 		pollEvery: 10 * time.Millisecond, maxWait: 30 * time.Second}
 }
 
@@ -398,9 +397,9 @@ func (a *Actions) bound(ctx context.Context) (context.Context, context.CancelFun
 // connect opens an administrative connection to host:port with
 // health's connection builder (health.ConnConfig).
 func (a *Actions) connect(ctx context.Context, host string, port uint16) (*pgx.Conn, error) {
-	conn, err := health.Connect(ctx, host, port, health.Login{User: a.user, Database: a.database, Password: a.password}, a.timeout)
+	conn, err := health.Connect(ctx, host, port, a.login, a.timeout)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to %s as %s: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), a.user, err)
+		return nil, fmt.Errorf("connecting to %s as %s: %w", net.JoinHostPort(host, strconv.Itoa(int(port))), a.login.User, err)
 	}
 	return conn, nil
 }

@@ -59,7 +59,7 @@ func startPG(ctx context.Context, t *testing.T, primaryName string, slots []stri
 // appConn connects to pg as the lab's application role, closed in cleanup.
 func appConn(ctx context.Context, t *testing.T, pg *lab.Postgres) *pgx.Conn {
 	t.Helper()
-	conn, err := health.Connect(ctx, pg.Addr().Addr().String(), pg.Addr().Port(), health.Login{User: lab.User, Database: lab.Database, Password: lab.Password}, 5*time.Second)
+	conn, err := health.Connect(ctx, pg.Addr().Addr().String(), pg.Addr().Port(), health.Login{User: lab.User, Database: lab.Database, Password: lab.ProcessSecrets().Password}, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func appConn(ctx context.Context, t *testing.T, pg *lab.Postgres) *pgx.Conn {
 
 // appExec runs sql on pg as the lab's application role in a new session.
 func appExec(ctx context.Context, pg *lab.Postgres, sql string) error {
-	conn, err := health.Connect(ctx, pg.Addr().Addr().String(), pg.Addr().Port(), health.Login{User: lab.User, Database: lab.Database, Password: lab.Password}, 5*time.Second)
+	conn, err := health.Connect(ctx, pg.Addr().Addr().String(), pg.Addr().Port(), health.Login{User: lab.User, Database: lab.Database, Password: lab.ProcessSecrets().Password}, 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -82,7 +82,7 @@ func appExec(ctx context.Context, pg *lab.Postgres, sql string) error {
 // (also on a replica).
 func rows(ctx context.Context, t *testing.T, pg *lab.Postgres, table string) string {
 	t.Helper()
-	out, err := lab.Query(ctx, nil, lab.LabConn(pg.Addr().Addr(), int(pg.Addr().Port())),
+	out, err := lab.Query(ctx, nil, lab.ProcessSecrets().AppConn(pg.Addr().Addr(), int(pg.Addr().Port())),
 		fmt.Sprintf(`select string_agg(n::text, ',' order by n) from %s`, table))
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestPGActions(t *testing.T) {
 	pgs, nodes := startPG(ctx, t, "pg1", []string{"pg2", "pg3"}, "pg2", "pg3")
 	pg1, pg2, pg3 := pgs[0], pgs[1], pgs[2]
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
-	a := NewActions(lab.AdminUser, "postgres", lab.AdminPassword, 5*time.Second)
+	a := NewActions(health.Login{User: lab.AdminUser, Database: "postgres", Password: lab.ProcessSecrets().AdminPassword}, 5*time.Second)
 	const table = "public.xlb_actions"
 
 	if err := appExec(ctx, pg1, "create table xlb_actions (n int primary key); insert into xlb_actions values (1)"); err != nil {
@@ -341,7 +341,7 @@ func TestFollowDiverged(t *testing.T) {
 	defer cancel()
 	pgs, nodes := startPG(ctx, t, "pg1", []string{"pg2", "pg3"}, "pg2", "pg3")
 	pg1, pg3 := pgs[0], pgs[2]
-	a := NewActions(lab.AdminUser, "postgres", lab.AdminPassword, 5*time.Second)
+	a := NewActions(health.Login{User: lab.AdminUser, Database: "postgres", Password: lab.ProcessSecrets().AdminPassword}, 5*time.Second)
 	if err := a.Promote(ctx, nodes[1]); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/xlb-dev/xlb/health"
 )
 
 // RejoinOptions says what Rejoin does. Empty Slot, AppName, ReplUser and
@@ -41,7 +43,10 @@ type RejoinOptions struct {
 	// ConfigFile is postgresql.conf outside the data directory; empty: in
 	// it.
 	ConfigFile string
-	Timeout    time.Duration
+	// TLS protects the connections to the primary: rejoin's own and
+	// pg_rewind's.
+	TLS     health.TLS
+	Timeout time.Duration
 }
 
 // OptionError is an option of RejoinOptions that is missing or bad, and
@@ -151,7 +156,7 @@ func Rejoin(ctx context.Context, o RejoinOptions, w io.Writer) error {
 	}
 
 	// 1. The primary: one, not this server; the slot.
-	admin := NewActions(o.AdminUser, o.AdminDatabase, o.AdminPassword, 10*time.Second)
+	admin := NewActions(health.Login{User: o.AdminUser, Database: o.AdminDatabase, Password: o.AdminPassword, TLS: o.TLS}, 10*time.Second)
 	if err := r.checkPrimary(ctx, admin); err != nil {
 		return fmt.Errorf("checking the primary %s: %w", primary, err)
 	}
@@ -183,6 +188,12 @@ func Rejoin(ctx context.Context, o RejoinOptions, w io.Writer) error {
 	rewound := time.Now()
 	source := connInfo{{"host", o.PrimaryHost}, {"port", strconv.Itoa(int(o.PrimaryPort))}, {"user", o.AdminUser},
 		{"dbname", o.AdminDatabase}, {"connect_timeout", "10"}, {"application_name", "xlb-rejoin"}}
+	for _, kv := range [][2]string{{"sslmode", o.TLS.SSLMode}, {"sslrootcert", o.TLS.SSLRootCert},
+		{"sslcert", o.TLS.SSLCert}, {"sslkey", o.TLS.SSLKey}} {
+		if kv[1] != "" {
+			source.set(kv[0], kv[1])
+		}
+	}
 	rewindArgs := []string{"--target-pgdata", o.DataDir, "--source-server", source.String()}
 	if o.ConfigFile != "" {
 		rewindArgs = append(rewindArgs, "--config-file", o.ConfigFile)

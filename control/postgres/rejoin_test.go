@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/xlb-dev/xlb/deploy/lab"
+	"github.com/xlb-dev/xlb/health"
 )
 
 // rejoin runs Rejoin with the defaults of xlb pg rejoin's flags where o
@@ -52,7 +53,7 @@ func TestRejoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	replayed(ctx, t, pg1, pg2)
-	a := NewActions(lab.AdminUser, "postgres", lab.AdminPassword, 5*time.Second)
+	a := NewActions(health.Login{User: lab.AdminUser, Database: "postgres", Password: lab.ProcessSecrets().AdminPassword}, 5*time.Second)
 	if err := a.Promote(ctx, n2); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +71,7 @@ func TestRejoin(t *testing.T) {
 	primary := n2.Addr
 	start := time.Now()
 	out, err := rejoin(ctx, RejoinOptions{DataDir: pg1.DataDir, PrimaryHost: primary.Addr().String(), PrimaryPort: primary.Port(),
-		AppName: "pg1", AdminUser: lab.AdminUser, AdminPassword: lab.AdminPassword, ReplPassword: lab.ReplicationPassword})
+		AppName: "pg1", AdminUser: lab.AdminUser, AdminPassword: lab.ProcessSecrets().AdminPassword, ReplPassword: lab.ProcessSecrets().ReplicationPassword})
 	t.Logf("rejoin took %v:\n%s", time.Since(start), out)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +99,7 @@ func TestRejoin(t *testing.T) {
 	// and the same result.
 	start = time.Now()
 	out, err = rejoin(ctx, RejoinOptions{DataDir: pg1.DataDir, PrimaryHost: primary.Addr().String(), PrimaryPort: primary.Port(),
-		AdminUser: lab.AdminUser, AdminPassword: lab.AdminPassword, ConfigFile: filepath.Join(pg1.DataDir, "postgresql.conf")})
+		AdminUser: lab.AdminUser, AdminPassword: lab.ProcessSecrets().AdminPassword, ConfigFile: filepath.Join(pg1.DataDir, "postgresql.conf")})
 	t.Logf("second rejoin took %v:\n%s", time.Since(start), out)
 	if err != nil {
 		t.Fatal(err)
@@ -155,10 +156,10 @@ func checkNoSecrets(t *testing.T, pg *lab.Postgres) {
 		if err != nil {
 			return err
 		}
-		if bytes.Contains(b, []byte(lab.AdminPassword)) {
+		if bytes.Contains(b, []byte(lab.ProcessSecrets().AdminPassword)) {
 			t.Errorf("%s holds the admin password", path)
 		}
-		if path != passfile && bytes.Contains(b, []byte(lab.ReplicationPassword)) {
+		if path != passfile && bytes.Contains(b, []byte(lab.ProcessSecrets().ReplicationPassword)) {
 			t.Errorf("%s holds the replication password", path)
 		}
 		return nil
@@ -179,7 +180,7 @@ func checkNoSecrets(t *testing.T, pg *lab.Postgres) {
 	}
 	vars := strings.Split(string(env), "\x00")
 	for _, v := range vars {
-		if strings.HasPrefix(v, "PGPASSWORD=") || strings.Contains(v, lab.AdminPassword) {
+		if strings.HasPrefix(v, "PGPASSWORD=") || strings.Contains(v, lab.ProcessSecrets().AdminPassword) {
 			t.Errorf("the postmaster's environment has %s", strings.SplitN(v, "=", 2)[0])
 		}
 	}

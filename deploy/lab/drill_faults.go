@@ -193,7 +193,7 @@ func (r *Running) Rejoin(ctx context.Context, host, primary string) error {
 		"--log-file", pg.LogFile,
 		"--timeout", "90s")
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C",
-		"XLB_PG_ADMIN_PASSWORD=" + AdminPassword, "XLB_PG_REPLICATION_PASSWORD=" + ReplicationPassword}
+		"XLB_PG_ADMIN_PASSWORD=" + r.Secrets.AdminPassword, "XLB_PG_REPLICATION_PASSWORD=" + r.Secrets.ReplicationPassword}
 	cmd.Dir = "/"
 	out, err := runIn(r.NS(host), cmd)
 	if err != nil {

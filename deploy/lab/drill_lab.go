@@ -29,6 +29,8 @@ type Running struct {
 	// Socket that daemon's control socket.
 	LB     string
 	Socket string
+	// Secrets are the lab's passwords (ReadSecrets).
+	Secrets Secrets
 }
 
 // Open returns the running lab with prefix. It returns an error when the
@@ -49,8 +51,12 @@ func Open(prefix string) (*Running, error) {
 			return nil, fmt.Errorf("opening lab %s: namespace %s is gone (xlb lab down, then up)", prefix, ns)
 		}
 	}
+	secrets, err := ReadSecrets(prefix)
+	if err != nil {
+		return nil, fmt.Errorf("opening lab %s: %w", prefix, err)
+	}
 	lb := st.Daemons[0]
-	return &Running{Prefix: prefix, Binary: st.Binary, LB: lb, Socket: Socket(prefix, lb)}, nil
+	return &Running{Prefix: prefix, Binary: st.Binary, LB: lb, Socket: Socket(prefix, lb), Secrets: secrets}, nil
 }
 
 // NS returns the namespace of the lab host called host.
@@ -276,7 +282,7 @@ func (r *Running) connect(ctx context.Context, addr netip.Addr, port int, app st
 	if err != nil {
 		return nil, fmt.Errorf("parsing connection settings: %w", err)
 	}
-	cfg.Password = Password
+	cfg.Password = r.Secrets.Password
 	cfg.DialFunc = r.NS("client").DialContext
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {

@@ -5,25 +5,21 @@ import (
 	"net/netip"
 )
 
-// The lab's addressing and credentials, as in DESIGN.md and the classic
-// setup. The password is a lab secret only; it travels in PGPASSWORD, never
-// in argv.
+// The lab's addressing and roles, as in DESIGN.md and the classic setup.
+// The passwords are made per lab (Secrets); they travel in PGPASSWORD or
+// password files, never in argv.
 const (
 	Prefix       = "xlb-" // namespace prefix of `xlb lab up`
 	Database     = "ramos-test-db"
 	User         = "ramos"
-	Password     = "ramostest123"
 	PostgresPort = 5432
 	PortRW       = 3000 // VIP port of the read/write service
 	PortRO       = 3001 // VIP port of the read-only service
 )
 
 // ReplicationUser (LOGIN REPLICATION, nothing else) is the role the lab's
-// replicas stream as, with ReplicationPassword, a lab secret like Password.
-const (
-	ReplicationUser     = "replicator"
-	ReplicationPassword = "replicatortest123"
-)
+// replicas stream as, with Secrets.ReplicationPassword.
+const ReplicationUser = "replicator"
 
 var (
 	// Subnet is the lab's one L2 segment.

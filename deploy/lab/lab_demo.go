@@ -38,7 +38,11 @@ func Demo(ctx context.Context, prefix string, w io.Writer) error {
 	if !NamespaceExists(client.Name) {
 		return fmt.Errorf("running the demo: lab %s has no namespace %s", prefix, client.Name)
 	}
-	rw, ro := LabConn(VIP, PortRW), LabConn(VIP, PortRO)
+	secrets, err := ReadSecrets(prefix)
+	if err != nil {
+		return fmt.Errorf("running the demo: %w", err)
+	}
+	rw, ro := secrets.AppConn(VIP, PortRW), secrets.AppConn(VIP, PortRO)
 
 	fmt.Fprintf(w, "demo: through VIP:%d (read/write, the primary): create table test_replication, insert a row\n", PortRW)
 	if _, err := Query(ctx, client, rw, "CREATE TABLE IF NOT EXISTS test_replication ("+
@@ -151,9 +155,13 @@ func ExecCommand(ctx context.Context, prefix, host string, argv []string) (*exec
 	if !NamespaceExists(ns.Name) {
 		return nil, fmt.Errorf("exec: namespace %s does not exist (is the lab up? xlb lab up)", ns.Name)
 	}
+	secrets, err := ReadSecrets(prefix)
+	if err != nil {
+		return nil, fmt.Errorf("exec: %w", err)
+	}
 	cmd := ns.Command(ctx, argv[0], argv[1:]...)
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "PGPASSWORD=") })
-	env = append(env, "PGPASSWORD="+Password)
+	env = append(env, "PGPASSWORD="+secrets.Password)
 	for k, v := range map[string]string{"PGUSER": User, "PGDATABASE": Database} {
 		if _, set := os.LookupEnv(k); !set {
 			env = append(env, k+"="+v)

@@ -102,6 +102,8 @@ type Lab struct {
 	Binary string
 	// Sockets maps each LB host that runs a daemon to its control socket.
 	Sockets map[string]string
+	// Secrets are the lab's passwords, made for it and kept in Dir.
+	Secrets Secrets
 }
 
 // The lab's PostgreSQL layout: the primary and its replicas, each
@@ -208,7 +210,7 @@ func (u *upper) run(ctx context.Context) error {
 	pg1 := topo.Node(primaryHost)
 
 	if err := u.step(fmt.Sprintf("starting %s (primary, replication slots %s)", primaryHost, strings.Join(replicaHosts, ", ")), func() error {
-		pg, err := StartPostgres(ctx, pg1.NS, PostgresConfig{Dir: filepath.Join(dir, primaryHost), Slots: replicaHosts})
+		pg, err := StartPostgres(ctx, pg1.NS, u.lab.Secrets.config(PostgresConfig{Dir: filepath.Join(dir, primaryHost), Slots: replicaHosts}))
 		if err != nil {
 			return err
 		}
@@ -220,10 +222,10 @@ func (u *upper) run(ctx context.Context) error {
 	for _, r := range replicaHosts {
 		if err := u.step(fmt.Sprintf("starting %s (streaming replica of %s, slot %s)", r, primaryHost, r), func() error {
 			pg, err := StartReplica(ctx, topo.Node(r).NS, ReplicaConfig{
-				PostgresConfig: PostgresConfig{
+				PostgresConfig: u.lab.Secrets.config(PostgresConfig{
 					Dir:      filepath.Join(dir, r),
 					Settings: map[string]string{"wal_retrieve_retry_interval": "200ms"},
-				},
+				}),
 				Name:    r,
 				Primary: netip.AddrPortFrom(pg1.Addr.Addr(), PostgresPort),
 			})
@@ -311,6 +313,14 @@ func (u *upper) makeStateDir() error {
 	if err := os.Chmod(u.lab.Dir, 0o711); err != nil {
 		return fmt.Errorf("securing %s: %w", u.lab.Dir, err)
 	}
+	s, err := NewSecrets()
+	if err != nil {
+		return err
+	}
+	if err := s.write(u.lab.Dir); err != nil {
+		return err
+	}
+	u.lab.Secrets = s
 	u.st.Namespaces = nil
 	for _, h := range u.hosts() {
 		u.st.Namespaces = append(u.st.Namespaces, u.opts.Prefix+h.Name)
@@ -380,11 +390,11 @@ func (u *upper) startDaemon(ctx context.Context, lb string) error {
 // on; synchronous mode follows Options.Synchronous.
 func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 	pwPath := filepath.Join(u.lab.Dir, "pgpassword")
-	if err := os.WriteFile(pwPath, []byte(Password), 0o600); err != nil {
+	if err := os.WriteFile(pwPath, []byte(u.lab.Secrets.Password), 0o600); err != nil {
 		return fmt.Errorf("writing password file: %w", err)
 	}
 	adminPwPath := filepath.Join(u.lab.Dir, "pgadminpassword")
-	if err := os.WriteFile(adminPwPath, []byte(AdminPassword), 0o600); err != nil {
+	if err := os.WriteFile(adminPwPath, []byte(u.lab.Secrets.AdminPassword), 0o600); err != nil {
 		return fmt.Errorf("writing admin password file: %w", err)
 	}
 	var b strings.Builder

@@ -96,7 +96,7 @@ func TestUpDemoDown(t *testing.T) {
 	client := &Namespace{Name: prefix + "client"}
 	for _, r := range replicaHosts {
 		n := l.Topology.Node(r)
-		got, err := Query(ctx, client, LabConn(n.Addr.Addr(), PostgresPort), "SELECT pg_is_in_recovery(), current_setting('wal_retrieve_retry_interval')")
+		got, err := Query(ctx, client, l.Secrets.AppConn(n.Addr.Addr(), PostgresPort), "SELECT pg_is_in_recovery(), current_setting('wal_retrieve_retry_interval')")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -28,8 +28,8 @@ var ErrPostgresExited = errors.New("postgres exited")
 
 // PostgresConfig says how to build and run a lab cluster. The zero value
 // gives the lab's: port 5432 on every address of the namespace, role User
-// with Password owning Database, role ReplicationUser for the replicas,
-// scram-sha-256 from Subnet.
+// owning Database, role ReplicationUser for the replicas, role AdminUser,
+// scram-sha-256 from Subnet; their passwords default to ProcessSecrets.
 type PostgresConfig struct {
 	// Dir holds the data directory, the socket directory and the log. Empty
 	// means a new temporary directory, removed by Close.
@@ -49,10 +49,11 @@ type PostgresConfig struct {
 	Database string
 	User     string
 	Password string
+	// AdminPassword is AdminUser's.
+	AdminPassword string
 	// ReplicationUser and ReplicationPassword are the role the replicas
 	// stream as: LOGIN REPLICATION and nothing else, so the application's
-	// role cannot copy the cluster. Defaults ReplicationUser and
-	// ReplicationPassword.
+	// role cannot copy the cluster. Default ReplicationUser.
 	ReplicationUser     string
 	ReplicationPassword string
 	// Slots are physical replication slots to create on a primary (say
@@ -127,7 +128,10 @@ func (c *PostgresConfig) setDefaults(ns *Namespace) {
 		c.ReplicationUser = ReplicationUser
 	}
 	if c.ReplicationPassword == "" {
-		c.ReplicationPassword = ReplicationPassword
+		c.ReplicationPassword = ProcessSecrets().ReplicationPassword
+	}
+	if c.AdminPassword == "" {
+		c.AdminPassword = ProcessSecrets().AdminPassword
 	}
 	if c.Database == "" {
 		c.Database = Database
@@ -136,7 +140,7 @@ func (c *PostgresConfig) setDefaults(ns *Namespace) {
 		c.User = User
 	}
 	if c.Password == "" {
-		c.Password = Password
+		c.Password = ProcessSecrets().Password
 	}
 	if c.StartTimeout == 0 {
 		c.StartTimeout = 30 * time.Second
@@ -340,7 +344,7 @@ func (p *Postgres) waitReady(ctx context.Context, done <-chan struct{}) error {
 // and repoints nodes as it, and pg_rewind reads the source cluster as it.
 func (p *Postgres) bootstrap(ctx context.Context) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "CREATE ROLE %s SUPERUSER LOGIN PASSWORD %s;\n", quoteIdent(AdminUser), quoteLiteral(AdminPassword))
+	fmt.Fprintf(&b, "CREATE ROLE %s SUPERUSER LOGIN PASSWORD %s;\n", quoteIdent(AdminUser), quoteLiteral(p.cfg.AdminPassword))
 	fmt.Fprintf(&b, "CREATE ROLE %s LOGIN PASSWORD %s;\n", quoteIdent(p.cfg.User), quoteLiteral(p.cfg.Password))
 	fmt.Fprintf(&b, "GRANT pg_monitor TO %s;\n", quoteIdent(p.cfg.User))
 	fmt.Fprintf(&b, "CREATE DATABASE %s OWNER %s;\n", quoteIdent(p.cfg.Database), quoteIdent(p.cfg.User))
@@ -704,11 +708,6 @@ func (c ConnInfo) String() string {
 	}
 	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d sslmode=disable",
 		quoteConnValue(c.Host), c.Port, quoteConnValue(c.User), quoteConnValue(c.Database), int(ct.Round(time.Second)/time.Second))
-}
-
-// LabConn returns the lab's credentials on host:port.
-func LabConn(host netip.Addr, port int) ConnInfo {
-	return ConnInfo{Host: host.String(), Port: port, User: User, Password: Password, Database: Database}
 }
 
 // Query runs sql with psql inside ns (nil: the caller's namespace) and returns its output unaligned and

@@ -40,7 +40,7 @@ func TestPostgres(t *testing.T) {
 		}
 	})
 
-	conn := LabConn(pg1.Addr.Addr(), PostgresPort)
+	conn := ProcessSecrets().AppConn(pg1.Addr.Addr(), PostgresPort)
 	got, err := Query(ctx, client.NS, conn, "select current_user, current_database(), inet_client_addr()")
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +50,7 @@ func TestPostgres(t *testing.T) {
 	}
 
 	// The admin role is a superuser reached over TCP.
-	if got, err := Query(ctx, client.NS, AdminConn(pg1.Addr.Addr(), PostgresPort), "select rolsuper from pg_roles where rolname = current_user"); err != nil || got != "t" {
+	if got, err := Query(ctx, client.NS, ProcessSecrets().AdminConn(pg1.Addr.Addr(), PostgresPort), "select rolsuper from pg_roles where rolname = current_user"); err != nil || got != "t" {
 		t.Errorf("admin query from client = %q, %v; want t", got, err)
 	}
 
@@ -226,7 +226,7 @@ func testReplica(ctx context.Context, t *testing.T, primary, replica *Postgres, 
 
 	// A table written on the primary, through TCP as the lab's user,
 	// appears on the replica.
-	if _, err := Query(ctx, primary.NS, LabConn(paddr.Addr(), int(paddr.Port())),
+	if _, err := Query(ctx, primary.NS, ProcessSecrets().AppConn(paddr.Addr(), int(paddr.Port())),
 		"create table repl_check (n int); insert into repl_check values (42)"); err != nil {
 		t.Fatal(err)
 	}
@@ -239,10 +239,10 @@ func testReplica(ctx context.Context, t *testing.T, primary, replica *Postgres, 
 	if err := replica.WaitReplaying(wctx, lsn); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := Query(ctx, rns, LabConn(raddr.Addr(), int(raddr.Port())), "select n, pg_is_in_recovery() from repl_check"); err != nil || got != "42|t" {
+	if got, err := Query(ctx, rns, ProcessSecrets().AppConn(raddr.Addr(), int(raddr.Port())), "select n, pg_is_in_recovery() from repl_check"); err != nil || got != "42|t" {
 		t.Errorf("replica: repl_check = %q, %v; want 42|t", got, err)
 	}
-	if _, err := Query(ctx, rns, LabConn(raddr.Addr(), int(raddr.Port())), "insert into repl_check values (1)"); err == nil ||
+	if _, err := Query(ctx, rns, ProcessSecrets().AppConn(raddr.Addr(), int(raddr.Port())), "insert into repl_check values (1)"); err == nil ||
 		!strings.Contains(err.Error(), "read-only transaction") {
 		t.Errorf("insert on the replica: %v, want a read-only error", err)
 	}
@@ -307,7 +307,7 @@ func checkSecrets(t *testing.T, pg *Postgres) {
 		if err != nil {
 			return err
 		}
-		if bytes.Contains(b, []byte(ReplicationPassword)) {
+		if bytes.Contains(b, []byte(ProcessSecrets().ReplicationPassword)) {
 			t.Errorf("%s holds the replication password", path)
 		}
 		return nil

@@ -162,7 +162,7 @@ func run(ctx context.Context, o options, stdout, log io.Writer) (err error) {
 	}
 	for _, t := range targets {
 		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := lab.Query(qctx, b.client, lab.LabConn(t.addr.Addr(), int(t.addr.Port())), "SELECT 1")
+		_, err := lab.Query(qctx, b.client, b.l.Secrets.AppConn(t.addr.Addr(), int(t.addr.Port())), "SELECT 1")
 		cancel()
 		if err != nil {
 			return fmt.Errorf("checking %s: %w", t.name, err)
@@ -262,7 +262,7 @@ func (b *bench) initPgbench(ctx context.Context) error {
 	start := time.Now()
 	ictx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	_, err := pgbench(ictx, b.client, "-i", "-q", "-s", fmt.Sprint(b.o.scale), "-h", pg1.Addr().String(),
+	_, err := pgbench(ictx, b.client, b.l.Secrets.Password, "-i", "-q", "-s", fmt.Sprint(b.o.scale), "-h", pg1.Addr().String(),
 		"-p", fmt.Sprint(pg1.Port()), "-U", lab.User, lab.Database)
 	if err != nil {
 		return err
@@ -343,7 +343,7 @@ func (b *bench) runMode(ctx context.Context, mode string, w workload, targets []
 			break
 		}
 		fmt.Fprintf(b.log, "bench: %s %s: warm-up %v\n", t.name, mode, b.o.warmup)
-		r, err := runWorkload(ctx, b.client, warm, t.addr.Addr().String(), int(t.addr.Port()))
+		r, err := runWorkload(ctx, b.client, b.l.Secrets.Password, warm, t.addr.Addr().String(), int(t.addr.Port()))
 		if ctx.Err() != nil {
 			return rows, ctx.Err()
 		}
@@ -361,7 +361,7 @@ func (b *bench) runMode(ctx context.Context, mode string, w workload, targets []
 			if err != nil {
 				return rows, err
 			}
-			r, rerr := runWorkload(ctx, b.client, w, t.addr.Addr().String(), int(t.addr.Port()))
+			r, rerr := runWorkload(ctx, b.client, b.l.Secrets.Password, w, t.addr.Addr().String(), int(t.addr.Port()))
 			if ctx.Err() != nil {
 				return rows, ctx.Err()
 			}

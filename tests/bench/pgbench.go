@@ -44,8 +44,8 @@ func pgbenchArgs(w workload, host string, port int) []string {
 // pgbenchEnv is the environment of every pgbench and psql the bench runs:
 // the password in PGPASSWORD, never argv, and a connect timeout so a
 // broken path fails instead of hanging.
-func pgbenchEnv() []string {
-	return []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "PGPASSWORD=" + lab.Password,
+func pgbenchEnv(password string) []string {
+	return []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "PGPASSWORD=" + password,
 		"PGCONNECT_TIMEOUT=5", "PGSSLMODE=disable"}
 }
 
@@ -102,12 +102,13 @@ func parsePgbench(out string) (runResult, error) {
 	return r, nil
 }
 
-// pgbench runs pgbench with args in ns and returns its stdout. A failure
+// pgbench runs pgbench with args in ns, logging in with password, and
+// returns its stdout. A failure
 // carries the tail of its stderr.
-func pgbench(ctx context.Context, ns *lab.Namespace, args ...string) (string, error) {
+func pgbench(ctx context.Context, ns *lab.Namespace, password string, args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := ns.Command(ctx, pgbenchBin, args...)
-	cmd.Env = pgbenchEnv()
+	cmd.Env = pgbenchEnv(password)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Run(); err != nil {
@@ -116,12 +117,13 @@ func pgbench(ctx context.Context, ns *lab.Namespace, args ...string) (string, er
 	return stdout.String(), nil
 }
 
-// runWorkload runs w against host:port from ns and parses the summary.
+// runWorkload runs w against host:port from ns, logging in with password,
+// and parses the summary.
 // It bounds the run by the workload's duration plus a minute.
-func runWorkload(ctx context.Context, ns *lab.Namespace, w workload, host string, port int) (runResult, error) {
+func runWorkload(ctx context.Context, ns *lab.Namespace, password string, w workload, host string, port int) (runResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.Duration+time.Minute)
 	defer cancel()
-	out, err := pgbench(ctx, ns, pgbenchArgs(w, host, port)...)
+	out, err := pgbench(ctx, ns, password, pgbenchArgs(w, host, port)...)
 	if err != nil {
 		return runResult{}, err
 	}
