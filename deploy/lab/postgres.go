@@ -66,6 +66,14 @@ type PostgresConfig struct {
 	// StartTimeout bounds the wait for the server to accept connections;
 	// default 30 s.
 	StartTimeout time.Duration
+	// TLS, when set, turns ssl on with this certificate and key, and
+	// pg_hba.conf admits TCP connections over TLS only (hostssl).
+	TLS *ServerTLS
+}
+
+// ServerTLS is a server's certificate and its key, PEM-encoded.
+type ServerTLS struct {
+	CertPEM, KeyPEM []byte
 }
 
 // ReplicationSettings are the postgresql.conf settings every lab cluster
@@ -263,6 +271,23 @@ func (p *Postgres) configure() error {
 		"unix_socket_directories": p.SocketDir,
 		"password_encryption":     "scram-sha-256",
 	})
+	host := "host"
+	if t := p.cfg.TLS; t != nil {
+		for _, f := range []struct {
+			name string
+			data []byte
+		}{{"server.crt", t.CertPEM}, {"server.key", t.KeyPEM}} {
+			path := filepath.Join(p.DataDir, f.name)
+			if err := os.WriteFile(path, f.data, 0o600); err != nil {
+				return fmt.Errorf("writing %s: %w", f.name, err)
+			}
+			if err := os.Chown(path, int(p.cred.Uid), int(p.cred.Gid)); err != nil {
+				return fmt.Errorf("handing %s to postgres: %w", f.name, err)
+			}
+		}
+		maps.Copy(conf, map[string]string{"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"})
+		host = "hostssl"
+	}
 	maps.Copy(conf, p.cfg.Settings)
 	var b strings.Builder
 	b.WriteString("\n# xlb lab\n")
@@ -274,8 +299,8 @@ func (p *Postgres) configure() error {
 	}
 	// Local connections are trusted: the socket directory is postgres's,
 	// mode 0700, so only postgres and root reach it.
-	hba := fmt.Sprintf("local all all trust\nhost all all %[1]v scram-sha-256\nhost replication all %[1]v scram-sha-256\n",
-		p.cfg.Allow.Masked())
+	hba := fmt.Sprintf("local all all trust\n%[2]s all all %[1]v scram-sha-256\n%[2]s replication all %[1]v scram-sha-256\n",
+		p.cfg.Allow.Masked(), host)
 	if err := os.WriteFile(filepath.Join(p.DataDir, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		return fmt.Errorf("writing pg_hba.conf: %w", err)
 	}
