@@ -83,6 +83,13 @@ type Observation struct {
 	Upstream string
 }
 
+// TimelineSQL is the SQL expression of a primary's timeline (int8): the
+// timeline in the name of the WAL segment it writes, which advances the
+// moment a promotion ends (pg_control_checkpoint() waits for the next
+// checkpoint). It fails during recovery. The probes and package
+// control/postgres read a primary's timeline with it.
+const TimelineSQL = `('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8`
+
 // probeSQL is the probe: one statement, so one round trip with the simple
 // protocol, valid on a primary and on a replica. Functions that fail
 // during recovery (pg_current_wal_lsn, pg_walfile_name) only run in the
@@ -92,7 +99,7 @@ wr AS MATERIALIZED (SELECT pid, status, received_tli, sender_host, sender_port F
 SELECT s.rec,
 	CASE WHEN s.rec
 		THEN coalesce(nullif((SELECT received_tli FROM wr), 0), (pg_control_checkpoint()).timeline_id)::int8
-		ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8
+		ELSE ` + TimelineSQL + `
 	END,
 	CASE WHEN s.rec THEN NULL ELSE pg_current_wal_lsn()::text END,
 	CASE WHEN s.rec THEN pg_last_wal_receive_lsn()::text END,

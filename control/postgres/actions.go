@@ -226,7 +226,7 @@ func (a *Actions) prepareUpstream(ctx context.Context, p control.Node, slot stri
 	defer a.close(conn)
 	var rec bool
 	err = a.queryRow(ctx, conn, `SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN 0
-		ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END`).Scan(&rec, &timeline)
+		ELSE `+health.TimelineSQL+` END`).Scan(&rec, &timeline)
 	if err != nil {
 		return 0, fmt.Errorf("reading the timeline of %s: %w", p.Name, err)
 	}

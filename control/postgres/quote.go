@@ -1,9 +1,14 @@
 package postgres
 
-import "strings"
+import (
+	"strings"
 
-// quoteIdent quotes s as an SQL identifier: "s", inner quotes doubled.
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+	"github.com/jackc/pgx/v5"
+)
+
+// quoteIdent quotes s as an SQL identifier with pgx: "s", inner quotes
+// doubled, NUL bytes dropped.
+func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
 
 // quoteLiteral quotes s as an SQL string literal as PostgreSQL's
 // quote_literal does: inner quotes doubled, and when s holds a backslash,

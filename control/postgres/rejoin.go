@@ -393,8 +393,8 @@ func (r *rejoiner) checkpointNewTimeline(ctx context.Context, admin *Actions, sa
 	}
 	defer admin.close(conn)
 	var checkpointTL, currentTL int64
-	err = admin.queryRow(ctx, conn, `SELECT (pg_control_checkpoint()).timeline_id::int8,
-		('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8`).Scan(&checkpointTL, &currentTL)
+	err = admin.queryRow(ctx, conn, `SELECT (pg_control_checkpoint()).timeline_id::int8, `+
+		health.TimelineSQL).Scan(&checkpointTL, &currentTL)
 	if err != nil {
 		return fmt.Errorf("reading its timelines: %w", err)
 	}

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // PostgresBin is where Debian keeps PostgreSQL 15's programs.
@@ -292,7 +294,7 @@ func (p *Postgres) configure() error {
 	var b strings.Builder
 	b.WriteString("\n# xlb lab\n")
 	for _, k := range slices.Sorted(maps.Keys(conf)) {
-		fmt.Fprintf(&b, "%s = %s\n", k, quoteLiteral(conf[k]))
+		fmt.Fprintf(&b, "%s = %s\n", k, quoteConf(conf[k]))
 	}
 	if err := appendFile(filepath.Join(p.DataDir, "postgresql.conf"), b.String()); err != nil {
 		return err
@@ -494,7 +496,7 @@ func (p *Postgres) basebackup(ctx context.Context, cfg ReplicaConfig) error {
 			lines = append(lines, l)
 		}
 	}
-	lines = append(lines, "primary_conninfo = "+quoteLiteral(conninfo), "")
+	lines = append(lines, "primary_conninfo = "+quoteConf(conninfo), "")
 	if err := os.WriteFile(auto, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
 		return fmt.Errorf("writing postgresql.auto.conf: %w", err)
 	}
@@ -811,9 +813,25 @@ func tail(b []byte, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+// quoteIdent quotes s as an SQL identifier, as pgx does.
+func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
 
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+// quoteConf quotes s as a value of postgresql.conf: in single quotes,
+// quotes and backslashes doubled (the file reads backslash escapes).
+func quoteConf(s string) string {
+	return "'" + strings.NewReplacer(`'`, `''`, `\`, `\\`).Replace(s) + "'"
+}
+
+// quoteLiteral quotes s as an SQL string literal as control/postgres does
+// (which this package cannot import: its tests import this one): quotes
+// doubled, and with a backslash an E'...' literal with backslashes doubled.
+func quoteLiteral(s string) string {
+	q := strings.ReplaceAll(s, "'", "''")
+	if strings.Contains(s, `\`) {
+		return `E'` + strings.ReplaceAll(q, `\`, `\\`) + `'`
+	}
+	return "'" + q + "'"
+}
 
 // quoteConnValue quotes a libpq keyword value.
 func quoteConnValue(s string) string {
