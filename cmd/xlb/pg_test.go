@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -40,6 +42,22 @@ func TestRejoinFlags(t *testing.T) {
 	data := t.TempDir()
 	if err := os.WriteFile(filepath.Join(data, "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		// rejoin refuses a data directory of root's (PostgreSQL does).
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(data, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		// The owner reaches it: rejoin reads it with the owner's rights.
+		if err := os.Chmod(filepath.Dir(data), 0o711); err != nil {
+			t.Fatal(err)
+		}
 	}
 	pw := writeSecret(t, "x")
 	ok := []string{"pg", "rejoin", "--data-dir", data, "--primary", "127.0.0.1:5432", "--bin", lab.PostgresBin, "--password-file", pw}

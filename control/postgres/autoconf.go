@@ -11,9 +11,10 @@ type autoConf struct {
 	lines []string
 }
 
-// readAutoConf reads the file at path; a missing file reads as empty.
+// readAutoConf reads the file at path; a missing file reads as empty, a
+// symlink is an error.
 func readAutoConf(path string) (*autoConf, error) {
-	b, err := os.ReadFile(path)
+	b, _, err := readNoFollow(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return &autoConf{}, nil
 	}

@@ -105,15 +105,22 @@ func Rejoin(ctx context.Context, o RejoinOptions, w io.Writer) error {
 	say := func(format string, args ...any) { fmt.Fprintf(w, "rejoin: "+format+"\n", args...) }
 	primary := net.JoinHostPort(o.PrimaryHost, strconv.Itoa(int(o.PrimaryPort)))
 
-	auto := filepath.Join(o.DataDir, "postgresql.auto.conf")
-	cur, err := readAutoConf(auto)
+	r, err := newRejoiner(o)
 	if err != nil {
+		return err
+	}
+	auto := filepath.Join(o.DataDir, "postgresql.auto.conf")
+	var cur *autoConf
+	if err := r.asOwner(func() (err error) { cur, err = readAutoConf(auto); return err }); err != nil {
 		return fmt.Errorf("reading the configuration: %w", err)
 	}
 	base, err := parseConnInfo(cur.get("primary_conninfo"))
 	if err != nil {
 		return fmt.Errorf("reading the current primary_conninfo: %w", err)
 	}
+	// primary_conninfo never carries a password (the server would log it
+	// with the setting): the password file does.
+	base.del("password")
 	if o.AppName == "" {
 		o.AppName, _ = base.get("application_name")
 	}
@@ -142,7 +149,7 @@ func Rejoin(ctx context.Context, o RejoinOptions, w io.Writer) error {
 		o.Passfile = filepath.Join(o.DataDir, "pgpass")
 	}
 	if o.ReplPassword == "" {
-		if _, err := os.Stat(o.Passfile); err != nil {
+		if err := r.asOwner(func() error { _, err := os.Stat(o.Passfile); return err }); err != nil {
 			return &OptionError{Option: "ReplPassword",
 				Err: fmt.Errorf("no replication password given and no password file: %w", err)}
 		}
@@ -150,10 +157,7 @@ func Rejoin(ctx context.Context, o RejoinOptions, w io.Writer) error {
 	if o.LogFile == "" {
 		o.LogFile = filepath.Join(filepath.Dir(o.DataDir), "postgres.log")
 	}
-	r, err := newRejoiner(o)
-	if err != nil {
-		return err
-	}
+	r.o = o
 
 	// 1. The primary: one, not this server; the slot.
 	admin := NewActions(health.Login{User: o.AdminUser, Database: o.AdminDatabase, Password: o.AdminPassword, TLS: o.TLS}, 10*time.Second)
@@ -371,7 +375,12 @@ func (r *rejoiner) checkPrimary(ctx context.Context, admin *Actions) error {
 	if rec {
 		return errors.New("it is in recovery, no primary")
 	}
-	if pid, err := os.ReadFile(filepath.Join(r.o.DataDir, "postmaster.pid")); err == nil {
+	var pid []byte
+	r.asOwner(func() (err error) {
+		pid, _, err = readNoFollow(filepath.Join(r.o.DataDir, "postmaster.pid"))
+		return err
+	})
+	if pid != nil {
 		l := strings.Split(string(pid), "\n")
 		if len(l) > 3 && sameDir(l[1], dataDir) && l[2] == strconv.FormatInt(started, 10) && l[3] == port {
 			return fmt.Errorf("it is this host's server on %s", r.o.DataDir)
@@ -423,9 +432,10 @@ type savedFile struct {
 	mode os.FileMode
 }
 
-// saveConfig reads the node's own configuration files that pg_rewind
-// would replace with the source's: those of the data directory that
-// exist, and the password file when it is in the data directory.
+// saveConfig reads, as the owner, the node's own configuration files that
+// pg_rewind would replace with the source's: those of the data directory
+// that exist, and the password file when it is in the data directory. A
+// symlink among them is refused (pg_rewind would not keep it either).
 func (r *rejoiner) saveConfig() ([]savedFile, error) {
 	names := []string{"postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"}
 	paths := make([]string, 0, len(names)+1)
@@ -436,105 +446,151 @@ func (r *rejoiner) saveConfig() ([]savedFile, error) {
 		paths = append(paths, r.o.Passfile)
 	}
 	var saved []savedFile
-	for _, p := range paths {
-		fi, err := os.Stat(p)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
+	err := r.asOwner(func() error {
+		for _, p := range paths {
+			b, mode, err := readNoFollow(p)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			saved = append(saved, savedFile{p, b, mode})
 		}
-		if err != nil {
-			return nil, err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, err
-		}
-		saved = append(saved, savedFile{p, b, fi.Mode().Perm()})
-	}
-	return saved, nil
+		return nil
+	})
+	return saved, err
 }
 
-// restoreConfig writes the saved files back.
+// readNoFollow reads the regular file at path and returns its content and
+// permissions. A symlink at path is an error (O_NOFOLLOW), as is anything
+// but a regular file.
+func readNoFollow(path string) ([]byte, os.FileMode, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, 0, fmt.Errorf("reading %s: a symlink, refused", path)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, 0, fmt.Errorf("reading %s: not a regular file", path)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return b, fi.Mode().Perm(), nil
+}
+
+// restoreConfig writes the saved files back, as the owner.
 func (r *rejoiner) restoreConfig(saved []savedFile) error {
-	var errs []error
-	for _, f := range saved {
-		errs = append(errs, r.writeFile(f.path, f.data, f.mode))
-	}
-	return errors.Join(errs...)
+	return r.asOwner(func() error {
+		var errs []error
+		for _, f := range saved {
+			errs = append(errs, writeFile(f.path, f.data, f.mode))
+		}
+		return errors.Join(errs...)
+	})
 }
 
-// writeFile writes data to path with mode, owned by the data directory's
-// owner, through a temporary file renamed into place.
-func (r *rejoiner) writeFile(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".xlb-tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
+// writeFile writes data to path with mode through a new temporary file in
+// the same directory (O_EXCL: it follows no planted name) renamed into
+// place (a symlink at path is replaced, not followed). Run as the owner
+// (asOwner), the file is the owner's, and a directory the owner cannot
+// write is an error rather than a place root writes to.
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".xlb-*")
+	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := errors.Join(os.Chmod(tmp, mode), os.Chown(tmp, r.uid, r.gid)); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("handing %s to its owner: %w", path, err)
+	tmp := f.Name()
+	_, err = f.Write(data)
+	err = errors.Join(err, f.Chmod(mode), f.Close())
+	if err == nil {
+		err = os.Rename(tmp, path)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
 }
 
-// configure writes what makes the rewound node a replica: the password
-// file (when rejoin has a replication password), postgresql.auto.conf's
-// replication settings, standby.signal, and no recovery.signal.
+// configure writes, as the owner, what makes the rewound node a replica:
+// the password file (when rejoin has a replication password),
+// postgresql.auto.conf's replication settings, standby.signal, and no
+// recovery.signal.
 func (r *rejoiner) configure(conninfo connInfo, slot string) error {
-	if r.o.ReplPassword != "" {
-		esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
-		line := fmt.Sprintf("*:*:*:%s:%s\n", esc.Replace(r.o.ReplUser), esc.Replace(r.o.ReplPassword))
-		if err := r.writeFile(r.o.Passfile, []byte(line), 0o600); err != nil {
+	return r.asOwner(func() error {
+		if r.o.ReplPassword != "" {
+			esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
+			line := fmt.Sprintf("*:*:*:%s:%s\n", esc.Replace(r.o.ReplUser), esc.Replace(r.o.ReplPassword))
+			if err := writeFile(r.o.Passfile, []byte(line), 0o600); err != nil {
+				return err
+			}
+		}
+		path := filepath.Join(r.o.DataDir, "postgresql.auto.conf")
+		conf, err := readAutoConf(path)
+		if err != nil {
 			return err
 		}
-	}
-	path := filepath.Join(r.o.DataDir, "postgresql.auto.conf")
-	conf, err := readAutoConf(path)
-	if err != nil {
-		return err
-	}
-	for _, k := range rejoinDrops {
-		conf.del(k)
-	}
-	conf.set("primary_conninfo", conninfo.String())
-	conf.set("primary_slot_name", slot)
-	conf.set("recovery_target_timeline", "latest")
-	conf.set("wal_retrieve_retry_interval", "200ms")
-	if err := r.writeFile(path, conf.bytes(), 0o600); err != nil {
-		return err
-	}
-	if err := r.writeFile(filepath.Join(r.o.DataDir, "standby.signal"), nil, 0o600); err != nil {
-		return err
-	}
-	if err := os.Remove(filepath.Join(r.o.DataDir, "recovery.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("removing recovery.signal: %w", err)
-	}
-	return nil
-}
-
-// touchLog creates the log file for the owner when it is missing, so that
-// pg_ctl, running as the owner, can append to it in a directory it may not
-// write.
-func (r *rejoiner) touchLog() error {
-	f, err := os.OpenFile(r.o.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
-	if err != nil {
-		return fmt.Errorf("opening the log %s: %w", r.o.LogFile, err)
-	}
-	f.Close()
-	if r.cred != nil {
-		if err := os.Chown(r.o.LogFile, r.uid, r.gid); err != nil {
-			return fmt.Errorf("handing the log %s to its owner: %w", r.o.LogFile, err)
+		for _, k := range rejoinDrops {
+			conf.del(k)
 		}
-	}
-	return nil
+		conf.set("primary_conninfo", conninfo.String())
+		conf.set("primary_slot_name", slot)
+		conf.set("recovery_target_timeline", "latest")
+		conf.set("wal_retrieve_retry_interval", "200ms")
+		if err := writeFile(path, conf.bytes(), 0o600); err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(r.o.DataDir, "standby.signal"), nil, 0o600); err != nil {
+			return err
+		}
+		if err := os.Remove(filepath.Join(r.o.DataDir, "recovery.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing recovery.signal: %w", err)
+		}
+		return nil
+	})
 }
 
-// logTail returns the last lines of the server log.
+// touchLog opens the log file as the owner, creating it when missing, so
+// that pg_ctl, running as the owner, can append to it: a symlink there is
+// refused, and a directory the owner cannot write is an error naming
+// --log-file rather than a place root creates files in.
+func (r *rejoiner) touchLog() error {
+	return r.asOwner(func() error {
+		f, err := os.OpenFile(r.o.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o640)
+		switch {
+		case errors.Is(err, syscall.ELOOP):
+			return fmt.Errorf("opening the log %s: a symlink, refused", r.o.LogFile)
+		case errors.Is(err, os.ErrPermission):
+			return fmt.Errorf("opening the log %s as the data directory's owner (give a --log-file it may write): %w", r.o.LogFile, err)
+		case err != nil:
+			return fmt.Errorf("opening the log %s: %w", r.o.LogFile, err)
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("opening the log %s: %w", r.o.LogFile, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("opening the log %s: not a regular file", r.o.LogFile)
+		}
+		return nil
+	})
+}
+
+// logTail returns the last lines of the server log, read as the owner.
 func (r *rejoiner) logTail() string {
-	b, _ := os.ReadFile(r.o.LogFile)
+	var b []byte
+	r.asOwner(func() (err error) { b, _, err = readNoFollow(r.o.LogFile); return err })
 	return lastLines(b, 10)
 }
 
