@@ -105,13 +105,21 @@ type Options struct {
 	Datapath Datapath
 	Promoter Promoter // nil: never promotes
 	// Owner reports whether this node owns the VIP: only the owner
-	// promotes. nil: always.
+	// changes PostgreSQL (promotion, following, synchronous standbys,
+	// stopping writes), and it asks again right before each change.
+	// nil: always.
 	Owner func() bool
+	// OwnerName names the VIP's owner for messages (e.g. its address);
+	// nil or "" when unknown.
+	OwnerName func() string
 	// Wake asks for immediate probes of the named nodes. nil: no-op.
 	Wake func(names ...string)
-	// Go runs follow-up work (repointing replicas); nil runs it inline.
+	// Go runs follow-up work (promotions, repointing replicas); nil runs
+	// it inline.
 	Go  func(func())
 	Now func() time.Time
+	// Sleep waits between retries; nil: time.Sleep.
+	Sleep func(time.Duration)
 }
 
 // Member is a node and what the controller knows of it.
@@ -154,7 +162,9 @@ type Controller struct {
 	writer    *Member   // the node that takes writes, kept while it is down
 	busy      bool      // a promotion or switchover is under way
 	reason    string    // why the cluster has no writer, for xlb status
-	events    []Event   // failovers and switchovers, newest last
+	events    []Event   // failovers and switchovers, newest last, at most maxEvents
+	retryAt   time.Time // no promotion is tried before this (after a failed one)
+	backoff   time.Duration
 	promoSet  []string  // sync mode: nodes that hold every acknowledged commit
 	pending   *syncStep // sync mode: a set written, not yet caught up
 	syncNames []string  // sync mode: synchronous_standby_names as last written
@@ -190,6 +200,9 @@ func New(cfg Config, nodes []Node, o Options) *Controller {
 	if o.Owner == nil {
 		o.Owner = func() bool { return true }
 	}
+	if o.OwnerName == nil {
+		o.OwnerName = func() string { return "" }
+	}
 	if o.Wake == nil {
 		o.Wake = func(...string) {}
 	}
@@ -198,6 +211,9 @@ func New(cfg Config, nodes []Node, o Options) *Controller {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Sleep == nil {
+		o.Sleep = time.Sleep
 	}
 	c := &Controller{cfg: cfg, o: o, dp: o.Datapath, now: o.Now}
 	for _, n := range nodes {
@@ -216,8 +232,9 @@ func (c *Controller) member(name string) *Member {
 }
 
 // Observe takes one probe result, updates the node, writes any pool change
-// to the datapath and, when the primary is down, may promote a replica
-// (before it returns). It returns the datapath's error, or ErrUnknownNode.
+// to the datapath and, when the primary is down, may start promoting a
+// replica (through Options.Go). It returns the datapath's error, or
+// ErrUnknownNode.
 func (c *Controller) Observe(o Observation) error {
 	c.mu.Lock()
 	m := c.member(o.Node)
@@ -234,7 +251,9 @@ func (c *Controller) Observe(o Observation) error {
 		c.o.Go(syncJob)
 	}
 	if plan != nil {
-		c.failover(plan)
+		// Off the caller: observations keep updating the pools while a
+		// promotion runs.
+		c.o.Go(func() { c.failover(plan) })
 	}
 	return err
 }

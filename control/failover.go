@@ -14,7 +14,9 @@ import (
 // runs SQL over pgx (cmd/xlb); tests use a fake.
 type Promoter interface {
 	// Promote makes replica n a primary (pg_promote) and returns once it
-	// accepts writes.
+	// accepts writes. An error that wraps ErrNotPromoted says pg_promote
+	// was never sent (n is unchanged); any other error leaves it
+	// uncertain whether n promotes.
 	Promote(ctx context.Context, n Node) error
 	// Follow points replica n at primary p: primary_conninfo to p,
 	// recovery_target_timeline latest, reload; n's replication slot is
@@ -28,6 +30,41 @@ type Promoter interface {
 	StopWrites(ctx context.Context, p Node) (lsn uint64, err error)
 	// AllowWrites undoes StopWrites on n.
 	AllowWrites(ctx context.Context, n Node) error
+}
+
+// ErrNotPromoted means Promote did not send pg_promote: the node is still
+// the replica it was, so a switchover may be undone.
+var ErrNotPromoted = errors.New("not promoted")
+
+// ErrNotOwner means this node does not own the VIP, so it changes nothing
+// in PostgreSQL.
+var ErrNotOwner = errors.New("this node does not own the VIP")
+
+// maxEvents bounds the failover and switchover events kept for xlb status.
+const maxEvents = 50
+
+// Backoff after a failed promotion: the next try waits minBackoff, then
+// twice as long each time, at most maxBackoff.
+const (
+	minBackoff = time.Second
+	maxBackoff = 30 * time.Second
+)
+
+// record appends ev to the events, dropping the oldest beyond maxEvents.
+// Called with c.mu held.
+func (c *Controller) record(ev Event) {
+	c.events = append(c.events, ev)
+	if n := len(c.events) - maxEvents; n > 0 {
+		c.events = slices.Delete(c.events, 0, n)
+	}
+}
+
+// notOwner returns ErrNotOwner naming the owner when known.
+func (c *Controller) notOwner(what string) error {
+	if o := c.o.OwnerName(); o != "" {
+		return fmt.Errorf("%s: %w; its owner %s does", what, ErrNotOwner, o)
+	}
+	return fmt.Errorf("%s: %w", what, ErrNotOwner)
 }
 
 // plan is a promotion decided under the lock and carried out outside it.
@@ -71,6 +108,9 @@ func (c *Controller) planFailover() *plan {
 	}
 	if !c.o.Owner() {
 		return say("this node does not own the VIP; its owner promotes")
+	}
+	if now := c.now(); now.Before(c.retryAt) {
+		return say("%s; next try in %v", c.reason, c.retryAt.Sub(now).Round(time.Millisecond))
 	}
 	var cands []*Member
 	for _, m := range c.members {
@@ -129,28 +169,45 @@ func (c *Controller) planFailover() *plan {
 	return &plan{cand: cand, old: old, lost: lost, lostAt: lostAt}
 }
 
-// failover carries out p: promote, route writes, repoint the others.
+// failover carries out p: promote, route writes, repoint the others. The
+// VIP's ownership is checked again right before pg_promote.
 func (c *Controller) failover(p *plan) {
 	start := c.now()
-	slog.Warn("failover", "from", p.old.Name, "to", p.cand.Name, "lsn", lsnOf(p.cand), "may_lose_bytes", p.lost)
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
-	err := c.o.Promoter.Promote(ctx, p.cand.Node)
-	cancel()
-	c.mu.Lock()
 	ev := Event{Time: start, Kind: "failover", From: p.old.Name, To: p.cand.Name, LostLSN: p.lost}
+	var err error
+	if !c.o.Owner() {
+		err = fmt.Errorf("%w before promoting %s", ErrNotOwner, p.cand.Name)
+	} else {
+		slog.Warn("failover", "from", p.old.Name, "to", p.cand.Name, "lsn", lsnOf(p.cand), "may_lose_bytes", p.lost)
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+		err = c.o.Promoter.Promote(ctx, p.cand.Node)
+		cancel()
+		if err != nil && !errors.Is(err, ErrNotPromoted) {
+			// pg_promote went out: the candidate becomes the primary
+			// whatever happened to the answer. Route as if it did; its
+			// probes confirm it.
+			slog.Error("promotion unconfirmed, routing to the candidate", "node", p.cand.Name, "err", err)
+			ev.Err = err.Error()
+			err = nil
+		}
+	}
+	c.mu.Lock()
 	if err != nil {
 		c.busy = false
+		c.backoff = min(max(2*c.backoff, minBackoff), maxBackoff)
+		c.retryAt = c.now().Add(c.backoff)
 		c.reason = fmt.Sprintf("promoting %s failed: %v", p.cand.Name, err)
 		ev.Err = err.Error()
 		ev.Took = c.now().Sub(start)
-		c.events = append(c.events, ev)
+		c.record(ev)
 		c.mu.Unlock()
-		slog.Error("failover failed", "to", p.cand.Name, "err", err)
+		slog.Error("failover failed", "to", p.cand.Name, "err", err, "retry_in", c.backoff)
 		return
 	}
+	c.backoff, c.retryAt = 0, time.Time{}
 	c.promoted(p.cand)
 	ev.Took = c.now().Sub(start)
-	c.events = append(c.events, ev)
+	c.record(ev)
 	followers := c.followers(p.cand)
 	c.mu.Unlock()
 	slog.Warn("promoted", "node", p.cand.Name, "timeline", p.cand.Timeline, "took", ev.Took, "lost_bytes", p.lost)
@@ -184,17 +241,48 @@ func (c *Controller) followers(p *Member) []Node {
 	return out
 }
 
-// repoint makes every follower stream from p.
+// Repointing retries: a follower that fails is tried again after
+// followRetry, doubling up to followRetryMax, for at most followFor.
+const (
+	followRetry    = 200 * time.Millisecond
+	followRetryMax = 5 * time.Second
+	followFor      = 2 * time.Minute
+)
+
+// repoint makes every follower stream from p, retrying each with backoff
+// until it streams, p is no longer the writer, or this node no longer
+// owns the VIP.
 func (c *Controller) repoint(p *Member, followers []Node) {
 	for _, n := range followers {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
-		err := c.o.Promoter.Follow(ctx, n, p.Node)
-		cancel()
-		if err != nil {
-			slog.Error("repointing replica", "node", n.Name, "primary", p.Name, "err", err)
-			continue
+		wait := followRetry
+		deadline := c.now().Add(followFor)
+		for {
+			c.mu.Lock()
+			still := c.writer == p
+			c.mu.Unlock()
+			if !still {
+				slog.Info("repointing stopped: the writer changed", "node", n.Name, "primary", p.Name)
+				return
+			}
+			if !c.o.Owner() {
+				slog.Warn("repointing stopped", "node", n.Name, "err", c.notOwner("repointing "+n.Name))
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+			err := c.o.Promoter.Follow(ctx, n, p.Node)
+			cancel()
+			if err == nil {
+				slog.Info("replica follows", "node", n.Name, "primary", p.Name)
+				break
+			}
+			if !c.now().Add(wait).Before(deadline) {
+				slog.Error("repointing replica: giving up", "node", n.Name, "primary", p.Name, "err", err)
+				break
+			}
+			slog.Warn("repointing replica", "node", n.Name, "primary", p.Name, "err", err, "retry_in", wait)
+			c.o.Sleep(wait)
+			wait = min(2*wait, followRetryMax)
 		}
-		slog.Info("replica follows", "node", n.Name, "primary", p.Name)
 	}
 }
 
@@ -207,6 +295,9 @@ func (c *Controller) trackSync(m *Member) func() {
 	w := c.writer
 	if !c.cfg.Synchronous || c.o.Promoter == nil || w == nil || w.Health != HealthUp || w.fails > 0 || c.busy {
 		return nil
+	}
+	if !c.o.Owner() {
+		return nil // the owner keeps the synchronous set
 	}
 	if p := c.pending; p != nil {
 		if m == w && p.lsn == 0 && m.seenAt.After(p.since) {
@@ -251,9 +342,14 @@ func (c *Controller) trackSync(m *Member) func() {
 
 // setSync writes synchronous_standby_names on w and records the result.
 func (c *Controller) setSync(w *Member, node Node, want []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
-	err := c.o.Promoter.SetSynchronous(ctx, node, want)
-	cancel()
+	var err error
+	if !c.o.Owner() {
+		err = c.notOwner("setting synchronous standbys")
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+		err = c.o.Promoter.SetSynchronous(ctx, node, want)
+		cancel()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.syncBusy = false
@@ -284,6 +380,13 @@ var ErrNotReplica = errors.New("target is not a healthy replica")
 // sessions ended), to replays up to the old primary's last WAL position,
 // is promoted and takes writes; the other replicas follow it. The old
 // primary stays fenced until it rejoins (xlb pg rejoin on its host).
+//
+// Only the VIP's owner switches over (ErrNotOwner names the owner), and it
+// checks its ownership again before stopping writes and before promoting.
+// Until pg_promote is sent, a cancelled ctx or a failure undoes the
+// switchover (the old primary takes writes again); once it is sent nothing
+// undoes it: the promotion runs to its end, bounded by the action timeout,
+// whatever happens to ctx.
 func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
 	c.mu.Lock()
 	target := c.member(to)
@@ -295,6 +398,9 @@ func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
 	case c.o.Promoter == nil:
 		c.mu.Unlock()
 		return Event{}, errors.New("switching over: no promoter")
+	case !c.o.Owner():
+		c.mu.Unlock()
+		return Event{}, c.notOwner("switching over to " + to)
 	case c.busy:
 		c.mu.Unlock()
 		return Event{}, ErrBusy
@@ -317,7 +423,7 @@ func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
 			slog.Error("restoring pools", "err", err)
 		}
 		ev.Err, ev.Took = err.Error(), c.now().Sub(start)
-		c.events = append(c.events, ev)
+		c.record(ev)
 		c.mu.Unlock()
 		return ev, err
 	}
@@ -327,6 +433,9 @@ func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
 	c.mu.Unlock()
 	if err := errors.Join(errs...); err != nil {
 		return fail(fmt.Errorf("taking writes from %s: %w", old.Name, err))
+	}
+	if !c.o.Owner() {
+		return fail(c.notOwner("stopping writes on " + old.Name))
 	}
 	lsn, err := c.o.Promoter.StopWrites(ctx, old.Node)
 	if err != nil {
@@ -348,13 +457,29 @@ func (c *Controller) Switchover(ctx context.Context, to string) (Event, error) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	if err := c.o.Promoter.Promote(ctx, target.Node); err != nil {
+	if err := ctx.Err(); err != nil {
+		return fail(c.undoStopWrites(old, fmt.Errorf("switching over to %s: %w", to, err)))
+	}
+	if !c.o.Owner() {
+		return fail(c.undoStopWrites(old, c.notOwner("promoting "+to)))
+	}
+	// From here on the switchover completes: the request may go away.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.ActionTimeout)
+	err = c.o.Promoter.Promote(pctx, target.Node)
+	cancel()
+	if errors.Is(err, ErrNotPromoted) {
 		return fail(c.undoStopWrites(old, fmt.Errorf("promoting %s: %w", to, err)))
 	}
 	c.mu.Lock()
 	c.promoted(target)
 	ev.Took = c.now().Sub(start)
-	c.events = append(c.events, ev)
+	if err != nil {
+		// Sent but unconfirmed: the target promotes; the old primary
+		// stays read-only and fenced, never writable again.
+		ev.Err = fmt.Sprintf("promotion of %s unconfirmed: %v", to, err)
+		slog.Error("switchover: promotion unconfirmed, routing to the target", "node", to, "err", err)
+	}
+	c.record(ev)
 	followers := c.followers(target)
 	c.mu.Unlock()
 	slog.Warn("switched over", "from", old.Name, "to", to, "took", ev.Took)

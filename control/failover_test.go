@@ -13,14 +13,24 @@ import (
 
 // fakePromoter records actions; Promote fails when fail is set.
 type fakePromoter struct {
-	log      []string
-	fail     error
-	stopLSN  uint64
-	promoted []string
+	log        []string
+	fail       error
+	stopLSN    uint64
+	promoted   []string
+	failFollow int // the first failFollow calls of Follow fail
+	// onPromote and onStop run inside Promote and StopWrites; their
+	// error is returned.
+	onPromote func(ctx context.Context) error
+	onStop    func(ctx context.Context) error
 }
 
-func (f *fakePromoter) Promote(_ context.Context, n Node) error {
+func (f *fakePromoter) Promote(ctx context.Context, n Node) error {
 	f.log = append(f.log, "promote "+n.Name)
+	if f.onPromote != nil {
+		if err := f.onPromote(ctx); err != nil {
+			return err
+		}
+	}
 	if f.fail != nil {
 		return f.fail
 	}
@@ -30,6 +40,10 @@ func (f *fakePromoter) Promote(_ context.Context, n Node) error {
 
 func (f *fakePromoter) Follow(_ context.Context, n, p Node) error {
 	f.log = append(f.log, fmt.Sprintf("follow %s->%s", n.Name, p.Name))
+	if f.failFollow > 0 {
+		f.failFollow--
+		return errors.New("connection refused")
+	}
 	return nil
 }
 
@@ -43,8 +57,13 @@ func (f *fakePromoter) AllowWrites(_ context.Context, n Node) error {
 	return nil
 }
 
-func (f *fakePromoter) StopWrites(_ context.Context, p Node) (uint64, error) {
+func (f *fakePromoter) StopWrites(ctx context.Context, p Node) (uint64, error) {
 	f.log = append(f.log, "stopwrites "+p.Name)
+	if f.onStop != nil {
+		if err := f.onStop(ctx); err != nil {
+			return 0, err
+		}
+	}
 	return f.stopLSN, nil
 }
 
@@ -88,6 +107,7 @@ type rig struct {
 	owner bool
 	clock time.Time
 	woken []string
+	slept []time.Duration
 }
 
 func newRig(cfg Config, nodes ...Node) *rig {
@@ -97,9 +117,14 @@ func newRig(cfg Config, nodes ...Node) *rig {
 		nodes = []Node{pg1, pg2, pg3}
 	}
 	r.c = New(cfg, nodes, Options{Datapath: r.dp, Promoter: r.pr,
-		Owner: func() bool { return r.owner },
-		Wake:  func(n ...string) { r.woken = append(r.woken, n...) },
-		Now:   func() time.Time { return r.clock }})
+		Owner:     func() bool { return r.owner },
+		OwnerName: func() string { return "172.20.0.22" },
+		Wake:      func(n ...string) { r.woken = append(r.woken, n...) },
+		Now:       func() time.Time { return r.clock },
+		Sleep: func(d time.Duration) {
+			r.slept = append(r.slept, d)
+			r.clock = r.clock.Add(d)
+		}})
 	return r
 }
 
@@ -248,7 +273,7 @@ func TestFencedNeverInAPool(t *testing.T) {
 
 func TestFailoverPromoteFails(t *testing.T) {
 	r := newRig(Config{})
-	r.pr.fail = errors.New("boom")
+	r.pr.fail = fmt.Errorf("connecting: %w", ErrNotPromoted)
 	r.run(t, evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)))
 	st := r.c.Status()
 	if st.Writer != "" || !strings.Contains(st.NoWriterReason, "promoting pg3 failed") {
@@ -256,6 +281,83 @@ func TestFailoverPromoteFails(t *testing.T) {
 	}
 	if len(st.Events) != 1 || st.Events[0].Err == "" {
 		t.Fatalf("events %+v, want one failed failover", st.Events)
+	}
+	// More probes within the backoff (50 ms apart): no new attempt.
+	r.run(t, evs(down("pg1"), lost("pg2", 1100), lost("pg3", 1200), down("pg1")))
+	if got := r.actions(); len(got) != 1 {
+		t.Fatalf("actions within the backoff %v, want one promotion attempt", got)
+	}
+	if !strings.Contains(r.c.Status().NoWriterReason, "next try in") {
+		t.Fatalf("reason %q, want the next try said", r.c.Status().NoWriterReason)
+	}
+	// Past the backoff: tried again, and this time it works.
+	r.pr.fail = nil
+	r.clock = r.clock.Add(minBackoff)
+	r.run(t, evs(lost("pg2", 1100), lost("pg3", 1200)))
+	if diff := gocmp.Diff([]string{"promote pg3", "promote pg3", "follow pg2->pg3"}, r.actions()); diff != "" {
+		t.Fatalf("actions (-want +got):\n%s", diff)
+	}
+}
+
+// TestFailoverPromoteUnconfirmed: pg_promote went out but its answer did
+// not come back: the candidate takes writes (it promotes whatever the
+// answer), and the event keeps the error.
+func TestFailoverPromoteUnconfirmed(t *testing.T) {
+	r := newRig(Config{})
+	r.pr.fail = errors.New("reading the answer: connection reset")
+	r.run(t, evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)))
+	st := r.c.Status()
+	if st.Writer != "pg3" || len(st.Events) != 1 || !strings.Contains(st.Events[0].Err, "connection reset") {
+		t.Fatalf("status %+v, want pg3 writing and the error in the event", st)
+	}
+}
+
+// TestOwnerLostBeforePromote: the VIP moves away between the decision
+// and pg_promote: nothing is promoted.
+func TestOwnerLostBeforePromote(t *testing.T) {
+	r := newRig(Config{})
+	r.c.o.Go = func(f func()) { r.owner = false; f() }
+	r.run(t, evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)))
+	if got := r.actions(); len(got) != 0 {
+		t.Fatalf("actions %v after losing the VIP, want none", got)
+	}
+	if st := r.c.Status(); len(st.Events) != 1 || !strings.Contains(st.Events[0].Err, "does not own the VIP") {
+		t.Fatalf("events %+v, want one failover refused for ownership", st.Events)
+	}
+}
+
+func TestNonOwnerChangesNoSyncSet(t *testing.T) {
+	r := newRig(Config{Synchronous: true})
+	r.owner = false
+	r.run(t, evs(healthy, up("pg1", 1000)))
+	if len(r.pr.log) != 0 {
+		t.Fatalf("a node without the VIP changed PostgreSQL: %v", r.pr.log)
+	}
+}
+
+func TestEventsBounded(t *testing.T) {
+	r := newRig(Config{})
+	for i := range maxEvents + 10 {
+		r.c.record(Event{Kind: "failover", To: fmt.Sprint(i)})
+	}
+	st := r.c.Status()
+	if len(st.Events) != maxEvents || st.Events[maxEvents-1].To != fmt.Sprint(maxEvents+9) {
+		t.Fatalf("%d events, last %+v; want the newest %d", len(st.Events), st.Events[len(st.Events)-1], maxEvents)
+	}
+}
+
+// TestRepointRetries: a replica that cannot follow at once is tried
+// again with growing pauses until it does.
+func TestRepointRetries(t *testing.T) {
+	r := newRig(Config{})
+	r.pr.failFollow = 2
+	r.run(t, evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)))
+	want := []string{"promote pg3", "follow pg2->pg3", "follow pg2->pg3", "follow pg2->pg3"}
+	if diff := gocmp.Diff(want, r.actions()); diff != "" {
+		t.Fatalf("actions (-want +got):\n%s", diff)
+	}
+	if diff := gocmp.Diff([]time.Duration{followRetry, 2 * followRetry}, r.slept); diff != "" {
+		t.Fatalf("pauses (-want +got):\n%s", diff)
 	}
 }
 
@@ -344,5 +446,88 @@ func TestNoSyncChangeAgainstAFailingPrimary(t *testing.T) {
 	r.run(t, evs(down("pg1"), lost("pg2", 1000), lost("pg3", 1000)))
 	if after := strings.Join(r.pr.log, "|"); after != before {
 		t.Fatalf("reconfigured a failing primary: %v", r.pr.log[len(strings.Split(before, "|")):])
+	}
+}
+
+func TestSwitchoverOnBackupRefused(t *testing.T) {
+	r := newRig(Config{})
+	r.run(t, healthy)
+	r.owner = false
+	_, err := r.c.Switchover(context.Background(), "pg2")
+	if !errors.Is(err, ErrNotOwner) || !strings.Contains(err.Error(), "172.20.0.22") {
+		t.Fatalf("switchover on a backup: %v, want ErrNotOwner naming the owner", err)
+	}
+	if len(r.actions()) != 0 {
+		t.Fatalf("actions %v, want none", r.actions())
+	}
+}
+
+// TestSwitchoverCancelled cancels the client at each step: before
+// pg_promote the switchover is undone and pg1 writes again; once
+// pg_promote is under way it completes.
+func TestSwitchoverCancelled(t *testing.T) {
+	tests := []struct {
+		name    string
+		at      string // "stop" or "promote"
+		wantRW  string
+		wantAct []string
+	}{
+		{name: "while stopping writes: undone", at: "stop", wantRW: "pg1",
+			wantAct: []string{"stopwrites pg1", "allowwrites pg1"}},
+		{name: "while promoting: completes", at: "promote", wantRW: "pg2",
+			wantAct: []string{"stopwrites pg1", "promote pg2", "follow pg3->pg2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(Config{})
+			r.pr.stopLSN = 1000
+			r.run(t, healthy)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var promoteCtxErr error
+			switch tt.at {
+			case "stop":
+				r.pr.onStop = func(context.Context) error { cancel(); return ctx.Err() }
+			case "promote":
+				r.pr.onPromote = func(pctx context.Context) error {
+					cancel()
+					promoteCtxErr = pctx.Err()
+					return nil
+				}
+			}
+			_, err := r.c.Switchover(ctx, "pg2")
+			if tt.wantRW == "pg1" && !errors.Is(err, context.Canceled) {
+				t.Fatalf("switchover: %v, want it cancelled", err)
+			}
+			if tt.wantRW == "pg2" && (err != nil || promoteCtxErr != nil) {
+				t.Fatalf("switchover: %v (promotion's context: %v), want it done", err, promoteCtxErr)
+			}
+			if diff := gocmp.Diff(tt.wantAct, r.actions()); diff != "" {
+				t.Fatalf("actions (-want +got):\n%s", diff)
+			}
+			if rw := r.dp.pools[RW]; len(rw) != 1 || r.c.byAddr(rw[0]).Name != tt.wantRW {
+				t.Fatalf("writer %v, want %s", rw, tt.wantRW)
+			}
+		})
+	}
+}
+
+// TestSwitchoverPromoteUnconfirmed: pg_promote sent, answer lost: the old
+// primary is not made writable again (that would make two writers).
+func TestSwitchoverPromoteUnconfirmed(t *testing.T) {
+	r := newRig(Config{})
+	r.pr.stopLSN = 1000
+	r.pr.fail = errors.New("reading the answer: connection reset")
+	r.run(t, healthy)
+	if _, err := r.c.Switchover(context.Background(), "pg2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range r.actions() {
+		if a == "allowwrites pg1" {
+			t.Fatalf("old primary made writable after pg_promote was sent: %v", r.actions())
+		}
+	}
+	if rw := r.dp.pools[RW]; len(rw) != 1 || rw[0] != pg2.Addr {
+		t.Fatalf("writer %v, want pg2", rw)
 	}
 }

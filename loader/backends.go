@@ -98,19 +98,20 @@ func (d *Datapath) SetBackends(svc Service, backends []netip.AddrPort) error {
 
 // RemoveBackend takes b out of every pool, makes the datapath answer its
 // flows' next packets with a RST, deletes its flows and frees its id. It
-// returns how many conntrack entries it deleted, or ErrUnknownBackend.
-func (d *Datapath) RemoveBackend(b netip.AddrPort) (int, error) {
+// returns the client connections it cut (hand them to a Kicker so idle
+// clients learn it at once), or ErrUnknownBackend.
+func (d *Datapath) RemoveBackend(b netip.AddrPort) ([]Flow, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	id, ok := d.ids[b]
 	if !ok {
-		return 0, fmt.Errorf("removing %v: %w", b, ErrUnknownBackend)
+		return nil, fmt.Errorf("removing %v: %w", b, ErrUnknownBackend)
 	}
 	// Not alive first: from here on XDP resets its flows even before the
 	// flush below reaches them.
 	dead := xlbXlbBackend{Addr: wire32(b.Addr()), Port: wire16(b.Port())}
 	if err := d.objs.BackendMap.Put(id, &dead); err != nil {
-		return 0, fmt.Errorf("marking %v dead: %w", b, err)
+		return nil, fmt.Errorf("marking %v dead: %w", b, err)
 	}
 	for svc, pool := range d.pools {
 		if i := slices.Index(pool, b); i >= 0 {
@@ -120,20 +121,20 @@ func (d *Datapath) RemoveBackend(b netip.AddrPort) (int, error) {
 				set[p] = d.ids[p]
 			}
 			if err := d.writeTable(svc, maglevTable(set, maglevSize)); err != nil {
-				return 0, err
+				return nil, err
 			}
 			d.pools[svc] = pool
 		}
 	}
-	n, err := d.flushWhere(func(f *xlbXlbFlow) bool { return f.Backend == id })
+	_, flows, err := d.flushWhere(func(f *xlbXlbFlow) bool { return f.Backend == id })
 	if err != nil {
-		return n, err
+		return flows, err
 	}
 	if err := d.objs.BackendMap.Put(id, &xlbXlbBackend{}); err != nil {
-		return n, fmt.Errorf("freeing id of %v: %w", b, err)
+		return flows, fmt.Errorf("freeing id of %v: %w", b, err)
 	}
 	delete(d.ids, b)
-	return n, nil
+	return flows, nil
 }
 
 // Backends lists the backends the datapath knows, ordered by address.

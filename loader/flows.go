@@ -31,26 +31,30 @@ func (d *Datapath) Flows() ([]Flow, error) {
 	now := monotonicCoarse()
 	it := d.objs.FlowMap.Iterate()
 	for it.Next(&k, &v) {
-		if v.Dir != xlbXlbFlowDirXLB_DIR_FWD {
-			continue
+		if v.Dir == xlbXlbFlowDirXLB_DIR_FWD {
+			out = append(out, flowOf(&k, &v, now))
 		}
-		f := Flow{
-			Client:  netip.AddrPortFrom(addrOf(k.Saddr), portOf(k.Sport)),
-			VIP:     netip.AddrPortFrom(addrOf(k.Daddr), portOf(k.Dport)),
-			Service: Service(v.Svc),
-			Backend: netip.AddrPortFrom(addrOf(v.NatDaddr), portOf(v.NatDport)),
-			SNAT:    netip.AddrPortFrom(addrOf(v.NatSaddr), portOf(v.NatSport)),
-			Closed:  v.Flags&xlbXlbFlowFlagsXLB_FLOW_RST != 0 || v.Flags&(xlbXlbFlowFlagsXLB_FLOW_FIN_FWD|xlbXlbFlowFlagsXLB_FLOW_FIN_REV) == xlbXlbFlowFlagsXLB_FLOW_FIN_FWD|xlbXlbFlowFlagsXLB_FLOW_FIN_REV,
-		}
-		if now > v.LastSeen {
-			f.Idle = time.Duration(now - v.LastSeen)
-		}
-		out = append(out, f)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("listing flows: %w", err)
 	}
 	return out, nil
+}
+
+// flowOf describes the forward conntrack entry k -> v.
+func flowOf(k *xlbXlbFlowKey, v *xlbXlbFlow, now uint64) Flow {
+	f := Flow{
+		Client:  netip.AddrPortFrom(addrOf(k.Saddr), portOf(k.Sport)),
+		VIP:     netip.AddrPortFrom(addrOf(k.Daddr), portOf(k.Dport)),
+		Service: Service(v.Svc),
+		Backend: netip.AddrPortFrom(addrOf(v.NatDaddr), portOf(v.NatDport)),
+		SNAT:    netip.AddrPortFrom(addrOf(v.NatSaddr), portOf(v.NatSport)),
+		Closed:  v.Flags&xlbXlbFlowFlagsXLB_FLOW_RST != 0 || v.Flags&(xlbXlbFlowFlagsXLB_FLOW_FIN_FWD|xlbXlbFlowFlagsXLB_FLOW_FIN_REV) == xlbXlbFlowFlagsXLB_FLOW_FIN_FWD|xlbXlbFlowFlagsXLB_FLOW_FIN_REV,
+	}
+	if now > v.LastSeen {
+		f.Idle = time.Duration(now - v.LastSeen)
+	}
+	return f
 }
 
 // FlushBackend deletes every flow to b (both directions) and returns how
@@ -62,40 +66,52 @@ func (d *Datapath) FlushBackend(b netip.AddrPort) (int, error) {
 	if !ok {
 		return 0, fmt.Errorf("flushing %v: %w", b, ErrUnknownBackend)
 	}
-	return d.flushWhere(func(f *xlbXlbFlow) bool { return f.Backend == id })
+	n, _, err := d.flushWhere(func(f *xlbXlbFlow) bool { return f.Backend == id })
+	return n, err
 }
 
 // FlushFlows deletes every flow and returns how many entries went.
 func (d *Datapath) FlushFlows() (int, error) {
-	return d.flushWhere(func(*xlbXlbFlow) bool { return true })
+	n, _, err := d.flushWhere(func(*xlbXlbFlow) bool { return true })
+	return n, err
 }
 
-func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool) (int, error) {
+// flushWhere deletes the conntrack entries whose value matches and returns
+// how many went and the flows (forward entries) among them.
+func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool) (int, []Flow, error) {
 	var (
-		k    xlbXlbFlowKey
-		v    xlbXlbFlow
-		keys []xlbXlbFlowKey
+		k     xlbXlbFlowKey
+		v     xlbXlbFlow
+		keys  []xlbXlbFlowKey
+		flows []Flow
+		fwd   []bool
 	)
+	now := monotonicCoarse()
 	it := d.objs.FlowMap.Iterate()
 	for it.Next(&k, &v) {
 		if match(&v) {
 			keys = append(keys, k)
+			isFwd := v.Dir == xlbXlbFlowDirXLB_DIR_FWD
+			fwd = append(fwd, isFwd)
+			if isFwd {
+				flows = append(flows, flowOf(&k, &v, now))
+			}
 		}
 	}
 	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("listing flows: %w", err)
+		return 0, nil, fmt.Errorf("listing flows: %w", err)
 	}
 	n := 0
 	for i := range keys {
 		err := d.objs.FlowMap.Delete(&keys[i])
 		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, fmt.Errorf("deleting flow: %w", err)
+			return n, flows, fmt.Errorf("deleting flow: %w", err)
 		}
 		if err == nil {
 			n++
 		}
 	}
-	return n, nil
+	return n, flows, nil
 }
 
 // monotonicCoarse returns CLOCK_MONOTONIC_COARSE in ns, the clock of

@@ -224,11 +224,14 @@ func serveAPI(path string, d *daemon) (*http.Server, error) {
 		reply(w, map[string]string{"member": name, "action": r.PathValue("action")}, err)
 	})
 	mux.HandleFunc("POST /v1/switchover", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		// The request's context ends the switchover only before
+		// pg_promote is sent; after that it completes (control.Switchover).
+		ctx, cancel := context.WithTimeout(r.Context(), switchoverWait)
 		defer cancel()
 		ev, err := d.ctl.Switchover(ctx, r.URL.Query().Get("to"))
 		switch {
-		case errors.Is(err, control.ErrUnknownNode), errors.Is(err, control.ErrNotReplica), errors.Is(err, control.ErrBusy):
+		case errors.Is(err, control.ErrUnknownNode), errors.Is(err, control.ErrNotReplica), errors.Is(err, control.ErrBusy),
+			errors.Is(err, control.ErrNotOwner):
 			http.Error(w, err.Error(), http.StatusConflict)
 			return
 		}
@@ -242,6 +245,14 @@ func serveAPI(path string, d *daemon) (*http.Server, error) {
 	}()
 	return srv, nil
 }
+
+// switchoverWait bounds a switchover's wait for the target to replay the
+// old primary's WAL; the promotion after it has its own bound
+// (actionTimeout). The CLI waits for both.
+const (
+	switchoverWait = 30 * time.Second
+	actionTimeout  = 10 * time.Second
+)
 
 func reply(w http.ResponseWriter, v any, err error) {
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -59,7 +60,14 @@ var switchoverCommand = &cli.Command{
 	Flags: []cli.Flag{socketFlag, jsonFlag, &cli.StringFlag{Name: "to", Required: true, Usage: "the replica to promote"}},
 	Action: func(c *cli.Context) error {
 		var ev control.Event
-		if err := newClient(c.String("socket")).do("POST", "/v1/switchover?to="+url.QueryEscape(c.String("to")), &ev); err != nil {
+		cl := newClient(c.String("socket"))
+		// At least as long as the daemon may take: a switchover whose
+		// promotion was sent completes whatever happens to this request.
+		cl.http.Timeout = switchoverWait + actionTimeout + 5*time.Second
+		if err := cl.do("POST", "/v1/switchover?to="+url.QueryEscape(c.String("to")), &ev); err != nil {
+			if errors.Is(err, ErrNoAnswer) {
+				return fmt.Errorf("%w; `xlb status` shows how the switchover ended", err)
+			}
 			return err
 		}
 		if c.Bool("json") {

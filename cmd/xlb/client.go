@@ -15,6 +15,9 @@ import (
 // ErrNotRunning means no daemon answers on the control socket.
 var ErrNotRunning = errors.New("xlb is not running (no answer on the control socket)")
 
+// ErrNoAnswer means the daemon took the request but did not answer in time.
+var ErrNoAnswer = errors.New("no answer from xlb in time")
+
 // client talks to the daemon's control API.
 type client struct {
 	socket string
@@ -39,6 +42,9 @@ func (c *client) do(method, path string, out any) error {
 		return err
 	}
 	resp, err := c.http.Do(req)
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return fmt.Errorf("%s %s: %w within %v", method, path, ErrNoAnswer, c.http.Timeout)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrNotRunning, c.socket, err)
 	}

@@ -138,6 +138,11 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		go trackPriority(ctx, cfg, election, func() bool { return ctlRef.Load() != nil && !anyUp(ctlRef.Load()) })
 	}
 
+	kicker, err := loader.NewKicker()
+	if err != nil {
+		return err
+	}
+	defer kicker.Close()
 	waker := health.NewWaker()
 	ctl := control.New(control.Config{
 		Fall:             cfg.Probe.Fall,
@@ -147,14 +152,24 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Failover:         *cfg.Failover,
 		MaxLagOnFailover: uint64(*cfg.MaxLagOnFailover),
 		Synchronous:      cfg.Synchronous,
+		ActionTimeout:    actionTimeout,
 	}, nodes, control.Options{
-		Datapath: poolWriter{dp},
+		Datapath: &poolWriter{dp: dp, kicker: kicker, owner: owner},
 		Promoter: postgres.NewActions(health.Login{User: admin.user, Database: cfg.Postgres.Database,
 			Password: admin.password, TLS: cfg.Postgres.TLS}, 5*time.Second),
 		Wake:  waker.Wake,
 		Owner: owner,
-		Go:    func(f func()) { go f() },
-		Now:   time.Now,
+		OwnerName: func() string {
+			if election == nil {
+				return ""
+			}
+			if m := election.Status().Master; m.IsValid() {
+				return m.String()
+			}
+			return ""
+		},
+		Go:  func(f func()) { go f() },
+		Now: time.Now,
 	})
 	ctlRef.Store(ctl)
 	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election}
@@ -202,10 +217,16 @@ func toControl(o health.Observation) control.Observation {
 	}
 }
 
-// poolWriter writes the controller's pools into the datapath.
-type poolWriter struct{ dp *loader.Datapath }
+// poolWriter writes the controller's pools into the datapath. A cut also
+// kicks the clients of the cut flows (on the VIP owner only), so a client
+// blocked in a read learns within milliseconds that its server is gone.
+type poolWriter struct {
+	dp     *loader.Datapath
+	kicker *loader.Kicker
+	owner  func() bool
+}
 
-func (p poolWriter) SetPool(svc control.Service, b []netip.AddrPort) error {
+func (p *poolWriter) SetPool(svc control.Service, b []netip.AddrPort) error {
 	s := loader.RW
 	if svc == control.RO {
 		s = loader.RO
@@ -213,13 +234,32 @@ func (p poolWriter) SetPool(svc control.Service, b []netip.AddrPort) error {
 	return p.dp.SetBackends(s, b)
 }
 
-func (p poolWriter) Cut(b netip.AddrPort) error {
-	n, err := p.dp.RemoveBackend(b)
+// kickAgain is when a cut's clients are kicked a second time: Linux answers
+// at most one out-of-window segment per socket every 500 ms
+// (net.ipv4.tcp_invalid_ratelimit), so a client that answered one just
+// before the cut answers the second kick.
+const kickAgain = 600 * time.Millisecond
+
+func (p *poolWriter) Cut(b netip.AddrPort) error {
+	flows, err := p.dp.RemoveBackend(b)
 	if errors.Is(err, loader.ErrUnknownBackend) {
 		return nil
 	}
-	if err == nil {
-		slog.Info("flows cut", "backend", b, "entries", n)
+	if len(flows) > 0 && p.owner() {
+		n, kerr := p.kicker.Kick(flows)
+		slog.Info("flows cut", "backend", b, "flows", len(flows), "clients_kicked", n)
+		if kerr != nil {
+			slog.Warn("kicking clients", "backend", b, "err", kerr)
+		}
+		time.AfterFunc(kickAgain, func() {
+			if p.owner() {
+				if _, err := p.kicker.Kick(flows); err != nil {
+					slog.Warn("kicking clients again", "backend", b, "err", err)
+				}
+			}
+		})
+	} else if err == nil {
+		slog.Info("flows cut", "backend", b, "flows", len(flows))
 	}
 	return err
 }
