@@ -125,13 +125,21 @@ type Options struct {
 // Member is a node and what the controller knows of it.
 type Member struct {
 	Node
-	Role       Role          `json:"role"`
-	Health     Health        `json:"health"`
-	Drained    bool          `json:"drained"`
-	Timeline   uint32        `json:"timeline"`
-	WALLSN     uint64        `json:"wal_lsn"`
-	ReplayLSN  uint64        `json:"replay_lsn"`
-	ReplayLag  time.Duration `json:"replay_lag"`
+	Role      Role   `json:"role"`
+	Health    Health `json:"health"`
+	Drained   bool   `json:"drained"`
+	Timeline  uint32 `json:"timeline"`
+	WALLSN    uint64 `json:"wal_lsn"`
+	ReplayLSN uint64 `json:"replay_lsn"`
+	// ReplayLag is how far behind the writer a replica is: the larger of
+	// PostgreSQL's own figure and the time since the writer first had WAL
+	// the replica has not replayed (so a replica whose WAL receiver stopped
+	// lags more every second the primary writes, though it replayed all it
+	// received).
+	ReplayLag time.Duration `json:"replay_lag"`
+	// LagBytes is how much WAL the writer had, at its last probe, beyond
+	// what a replica replayed.
+	LagBytes   uint64        `json:"lag_bytes"`
 	Latency    time.Duration `json:"latency"`
 	LastCheck  time.Time     `json:"last_check"`
 	LastError  string        `json:"last_error,omitempty"`
@@ -165,12 +173,24 @@ type Controller struct {
 	events    []Event   // failovers and switchovers, newest last, at most maxEvents
 	retryAt   time.Time // no promotion is tried before this (after a failed one)
 	backoff   time.Duration
-	promoSet  []string  // sync mode: nodes that hold every acknowledged commit
-	pending   *syncStep // sync mode: a set written, not yet caught up
-	syncNames []string  // sync mode: synchronous_standby_names as last written
-	holdRW    bool      // switchover: no writer until the target is promoted
-	syncBusy  bool      // a synchronous_standby_names change is under way
+	promoSet  []string    // sync mode: nodes that hold every acknowledged commit
+	pending   *syncStep   // sync mode: a set written, not yet caught up
+	syncNames []string    // sync mode: synchronous_standby_names as last written
+	holdRW    bool        // switchover: no writer until the target is promoted
+	syncBusy  bool        // a synchronous_standby_names change is under way
+	wal       []walSample // the writer's WAL position over time, oldest first
 }
+
+// walSample is the writer's WAL position at a probe.
+type walSample struct {
+	t   time.Time
+	lsn uint64
+}
+
+// walHistory bounds the samples kept to measure replicas' lag: enough for
+// two minutes of probes at the default interval; a replica further behind
+// than the oldest sample is at least that far behind.
+const walHistory = 256
 
 // Event is a failover or switchover, for xlb status.
 type Event struct {
@@ -306,11 +326,17 @@ func (c *Controller) update(m *Member, o Observation) {
 	m.ReceiveLSN = o.ReceiveLSN
 	m.ReplayLSN = o.ReplayLSN
 	m.ReplayLag = o.ReplayLag
+	m.LagBytes = 0
 	m.Latency = o.Latency
 	m.Streaming = o.Streaming
 	m.Upstream = o.Upstream
 	if o.Timeline > c.latestTL {
 		c.latestTL = o.Timeline
+	}
+	if role == RolePrimary && o.Timeline >= c.latestTL && (c.writer == nil || c.writer == m) {
+		c.sampleWAL(o.Time, o.WALLSN)
+	} else if role == RoleReplica {
+		c.measureLag(m, o.Time)
 	}
 	switch {
 	case m.Health == HealthUnknown:
@@ -320,6 +346,33 @@ func (c *Controller) update(m *Member, o Observation) {
 	case m.Health == HealthDown && m.oks >= c.cfg.Rise:
 		m.Health = HealthUp
 		slog.Info("node up", "node", m.Name, "role", role, "oks", m.oks)
+	}
+}
+
+// sampleWAL records the writer's WAL position at t.
+func (c *Controller) sampleWAL(t time.Time, lsn uint64) {
+	if n := len(c.wal); n > 0 && c.wal[n-1].lsn == lsn {
+		return // no new WAL: the oldest sample with this position counts
+	}
+	c.wal = append(c.wal, walSample{t: t, lsn: lsn})
+	if n := len(c.wal) - walHistory; n > 0 {
+		c.wal = slices.Delete(c.wal, 0, n)
+	}
+}
+
+// measureLag sets replica m's lag at now from the writer's WAL history:
+// the writer already had WAL beyond m's replay position at the first
+// sample past it, so m is at least now minus that sample's time behind
+// (the resolution is the probe interval).
+func (c *Controller) measureLag(m *Member, now time.Time) {
+	n := len(c.wal)
+	if n == 0 || m.ReplayLSN >= c.wal[n-1].lsn {
+		return
+	}
+	m.LagBytes = c.wal[n-1].lsn - m.ReplayLSN
+	i, _ := slices.BinarySearchFunc(c.wal, m.ReplayLSN+1, func(s walSample, lsn uint64) int { return cmp.Compare(s.lsn, lsn) })
+	if d := now.Sub(c.wal[i].t); d > m.ReplayLag {
+		m.ReplayLag = d
 	}
 }
 

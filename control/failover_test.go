@@ -531,3 +531,60 @@ func TestSwitchoverPromoteUnconfirmed(t *testing.T) {
 		t.Fatalf("writer %v, want pg2", rw)
 	}
 }
+
+// TestStaleReplicaLeavesReadPool: pg3's WAL receiver stopped (it
+// replayed all it received, so PostgreSQL reports no lag) while pg1 keeps
+// writing: once past max_read_lag it takes no reads; pg2, which keeps up,
+// does. Back in step, pg3 returns.
+func TestStaleReplicaLeavesReadPool(t *testing.T) {
+	r := newRig(Config{MaxReadLag: 2 * time.Second})
+	r.run(t, healthy)
+	inRO := func(n string) bool {
+		for _, b := range r.dp.pools[RO] {
+			if r.c.byAddr(b).Name == n {
+				return true
+			}
+		}
+		return false
+	}
+	if !inRO("pg3") {
+		t.Fatalf("pg3 not in the read pool at the start: %v", r.dp.pools[RO])
+	}
+	var left time.Duration
+	start := r.clock
+	for k := uint64(1); k <= 80 && left == 0; k++ {
+		r.run(t, []ev{up("pg1", 1000+k*100), streams("pg2", "pg1", 1000+k*100), lost("pg3", 1000)})
+		if !inRO("pg3") {
+			left = r.clock.Sub(start)
+		}
+	}
+	if left == 0 {
+		t.Fatalf("stale pg3 still in the read pool after 12 s (lag %v)", r.c.member("pg3").ReplayLag)
+	}
+	if left < 2*time.Second || left > 3*time.Second {
+		t.Errorf("pg3 left the read pool %v after it stalled, want just past max_read_lag (2 s)", left)
+	}
+	if !inRO("pg2") {
+		t.Errorf("pg2, in step, left the read pool: %v", r.dp.pools[RO])
+	}
+	if m := r.c.member("pg3"); m.LagBytes == 0 {
+		t.Errorf("pg3's lag in bytes is 0, want the WAL it lacks")
+	}
+	wal := r.c.member("pg1").WALLSN
+	r.run(t, []ev{streams("pg3", "pg1", wal), streams("pg3", "pg1", wal)})
+	if !inRO("pg3") {
+		t.Fatalf("pg3, caught up, not back in the read pool: %v", r.dp.pools[RO])
+	}
+}
+
+// TestIdlePrimaryNoLag: a replica that replayed everything is not behind
+// however long the primary writes nothing.
+func TestIdlePrimaryNoLag(t *testing.T) {
+	r := newRig(Config{MaxReadLag: time.Second})
+	for range 40 {
+		r.run(t, healthy)
+	}
+	if m := r.c.member("pg3"); m.ReplayLag != 0 || len(m.Pools) != 1 {
+		t.Fatalf("pg3 lag %v pools %v, want 0 and the read pool", m.ReplayLag, m.Pools)
+	}
+}

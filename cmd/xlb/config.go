@@ -31,7 +31,7 @@ type Config struct {
 	Socket                string         `yaml:"socket"`
 	Postgres              PostgresConfig `yaml:"postgres"`
 	Probe                 ProbeConfig    `yaml:"probe"`
-	MaxReadLag            Duration       `yaml:"max_read_lag"`
+	MaxReadLag            *Duration      `yaml:"max_read_lag"` // nil: 30 s; 0: no limit
 	ReadFallbackToPrimary *bool          `yaml:"read_fallback_to_primary"`
 	Failover              *bool          `yaml:"failover"`
 	MaxLagOnFailover      *int64         `yaml:"max_lag_on_failover"`
@@ -186,8 +186,9 @@ func (c *Config) setDefaults() {
 	if c.Probe.Rise == 0 {
 		c.Probe.Rise = 2
 	}
-	if c.MaxReadLag == 0 {
-		c.MaxReadLag = Duration(30 * time.Second)
+	if c.MaxReadLag == nil {
+		d := Duration(30 * time.Second)
+		c.MaxReadLag = &d
 	}
 	if c.ReadFallbackToPrimary == nil {
 		t := true
@@ -261,7 +262,7 @@ func (c *Config) validate() error {
 	if c.Probe.Rise < 1 {
 		return fieldErr("probe.rise", "%d: want at least 1", c.Probe.Rise)
 	}
-	if c.MaxReadLag < 0 {
+	if *c.MaxReadLag < 0 {
 		return fieldErr("max_read_lag", "negative")
 	}
 	if *c.MaxLagOnFailover < 0 {

@@ -216,3 +216,24 @@ func TestRunExitCodes(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxReadLag: absent means 30 s; 0 means no limit, as the example
+// configuration says.
+func TestMaxReadLag(t *testing.T) {
+	for _, tt := range []struct {
+		extra string
+		want  time.Duration
+	}{
+		{"", 30 * time.Second},
+		{"max_read_lag: 0\n", 0},
+		{"max_read_lag: 5s\n", 5 * time.Second},
+	} {
+		c, err := parseConfig([]byte(goodConfig + tt.extra))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := time.Duration(*c.MaxReadLag); got != tt.want {
+			t.Errorf("%q: max_read_lag %v, want %v", tt.extra, got, tt.want)
+		}
+	}
+}

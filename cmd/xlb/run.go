@@ -147,7 +147,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	ctl := control.New(control.Config{
 		Fall:             cfg.Probe.Fall,
 		Rise:             cfg.Probe.Rise,
-		MaxReadLag:       time.Duration(cfg.MaxReadLag),
+		MaxReadLag:       time.Duration(*cfg.MaxReadLag),
 		ReadFallback:     *cfg.ReadFallbackToPrimary,
 		Failover:         *cfg.Failover,
 		MaxLagOnFailover: uint64(*cfg.MaxLagOnFailover),
