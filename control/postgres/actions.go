@@ -69,24 +69,29 @@ func (a *Actions) Promote(ctx context.Context, n control.Node) error {
 	start := time.Now()
 	conn, err := a.connect(ctx, n.Addr.Addr().String(), n.Addr.Port())
 	if err != nil {
-		return fmt.Errorf("promoting %s: %w", n.Name, err)
+		return fmt.Errorf("promoting %s: %w: %w", n.Name, control.ErrNotPromoted, err)
 	}
 	defer a.close(conn)
 
 	rec, err := a.inRecovery(ctx, conn)
 	if err != nil {
-		return fmt.Errorf("promoting %s: %w", n.Name, err)
+		return fmt.Errorf("promoting %s: %w: %w", n.Name, control.ErrNotPromoted, err)
 	}
 	if rec {
 		var signalled bool
 		err := a.queryRow(ctx, conn, "SELECT pg_promote(wait => false)").Scan(&signalled)
+		var pgErr *pgconn.PgError
 		switch {
 		case sqlState(err) == sqlstateNotInPrerequisiteState:
 			// Promoted by someone else since the check: done below.
+		case errors.As(err, &pgErr):
+			// The server refused it: nothing was signalled.
+			return fmt.Errorf("promoting %s: running pg_promote: %w: %w", n.Name, control.ErrNotPromoted, err)
 		case err != nil:
+			// Lost on the way back: the promotion may be under way.
 			return fmt.Errorf("promoting %s: running pg_promote: %w", n.Name, err)
 		case !signalled:
-			return fmt.Errorf("promoting %s: pg_promote could not signal the postmaster", n.Name)
+			return fmt.Errorf("promoting %s: pg_promote could not signal the postmaster: %w", n.Name, control.ErrNotPromoted)
 		}
 		err = a.poll(ctx, func(ctx context.Context) (bool, error) {
 			rec, err := a.inRecovery(ctx, conn)
