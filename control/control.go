@@ -2,6 +2,7 @@ package control
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,7 +68,15 @@ type Observation struct {
 	ReplayLag  time.Duration
 	Latency    time.Duration
 	Streaming  bool   // replica: its WAL receiver streams
-	Upstream   string // replica: host:port it streams from
+	Upstream   string // replica: address:port it streams from
+	SystemID   uint64 // pg_control_system().system_identifier; 0 = unknown
+	Standbys   []Standby
+}
+
+// Standby is a WAL sender of a primary as PostgreSQL reports it.
+type Standby struct {
+	AppName string     // application_name: what synchronous_standby_names names
+	Addr    netip.Addr // client_addr
 }
 
 // Datapath is where pools go: the loader in xlb, a fake in tests.
@@ -98,6 +107,17 @@ type Config struct {
 	// WitnessInterval paces re-probes of replicas that still stream from a
 	// primary this node finds down; default 25 ms.
 	WitnessInterval time.Duration
+	// Known is what an earlier run knew (see Options.Remember): the newest
+	// timeline and the cluster's system identifier. A restarted daemon
+	// fences an old primary that alone answers, although no node it
+	// reaches shows the newer timeline.
+	Known Durable
+}
+
+// Durable is what the controller must not forget across restarts.
+type Durable struct {
+	Timeline uint32 `json:"timeline"`
+	SystemID uint64 `json:"system_id"`
 }
 
 // Options are the controller's outputs and clock.
@@ -120,6 +140,13 @@ type Options struct {
 	Now func() time.Time
 	// Sleep waits between retries; nil: time.Sleep.
 	Sleep func(time.Duration)
+	// Reprobe probes nodes afresh, right before a promotion, so that the
+	// decision rests on PostgreSQL's state at that moment (another LB may
+	// have promoted a node meanwhile). nil: no re-read.
+	Reprobe func(ctx context.Context, nodes []Node) []Observation
+	// Remember is called (under the controller's lock: keep it short)
+	// whenever Durable changes. nil: nothing is kept.
+	Remember func(Durable)
 }
 
 // Member is a node and what the controller knows of it.
@@ -149,6 +176,13 @@ type Member struct {
 	Pools      []Service     `json:"pools"`
 	Conflict   bool          `json:"conflict,omitempty"` // claims primary but is not the writer
 	Fenced     bool          `json:"fenced,omitempty"`   // claims primary on an old timeline
+	SystemID   uint64        `json:"system_id,omitempty"`
+	// Foreign marks a node whose system identifier is not the cluster's:
+	// another cluster's node, never in a pool, never promoted.
+	Foreign bool `json:"foreign,omitempty"`
+	// AppName is the application_name the primary reports for this
+	// replica's WAL receiver ("" until seen).
+	AppName    string `json:"application_name,omitempty"`
 	fails, oks int
 	failSince  time.Time // first failure of the current streak
 	seenAt     time.Time // last good probe
@@ -179,6 +213,7 @@ type Controller struct {
 	holdRW    bool        // switchover: no writer until the target is promoted
 	syncBusy  bool        // a synchronous_standby_names change is under way
 	wal       []walSample // the writer's WAL position over time, oldest first
+	sysid     uint64      // the cluster's system identifier; 0 = not known yet
 }
 
 // walSample is the writer's WAL position at a probe.
@@ -235,7 +270,8 @@ func New(cfg Config, nodes []Node, o Options) *Controller {
 	if o.Sleep == nil {
 		o.Sleep = time.Sleep
 	}
-	c := &Controller{cfg: cfg, o: o, dp: o.Datapath, now: o.Now}
+	c := &Controller{cfg: cfg, o: o, dp: o.Datapath, now: o.Now,
+		latestTL: cfg.Known.Timeline, sysid: cfg.Known.SystemID}
 	for _, n := range nodes {
 		c.members = append(c.members, &Member{Node: n, Role: RoleUnknown, Health: HealthUnknown})
 	}
@@ -330,8 +366,19 @@ func (c *Controller) update(m *Member, o Observation) {
 	m.Latency = o.Latency
 	m.Streaming = o.Streaming
 	m.Upstream = o.Upstream
-	if o.Timeline > c.latestTL {
+	if o.SystemID != 0 {
+		m.SystemID = o.SystemID
+	}
+	c.checkIdentity()
+	if m.Foreign {
+		m.LastError = fmt.Sprintf("system identifier %d is not the cluster's (%d)", m.SystemID, c.sysid)
+	}
+	if role == RolePrimary && !m.Foreign {
+		c.learnStandbys(o.Standbys)
+	}
+	if o.Timeline > c.latestTL && !m.Foreign {
 		c.latestTL = o.Timeline
+		c.remember()
 	}
 	if role == RolePrimary && o.Timeline >= c.latestTL && (c.writer == nil || c.writer == m) {
 		c.sampleWAL(o.Time, o.WALLSN)
@@ -347,6 +394,83 @@ func (c *Controller) update(m *Member, o Observation) {
 		m.Health = HealthUp
 		slog.Info("node up", "node", m.Name, "role", role, "oks", m.oks)
 	}
+}
+
+// checkIdentity decides the cluster's system identifier — the one most
+// nodes report, the writer's on a tie, or the one an earlier run knew — and
+// marks the other nodes foreign. Called with c.mu held.
+func (c *Controller) checkIdentity() {
+	count := map[uint64]int{}
+	for _, m := range c.members {
+		if m.SystemID != 0 {
+			count[m.SystemID]++
+		}
+	}
+	best := c.sysid
+	for id, n := range count {
+		switch {
+		case best == 0, n > count[best]:
+			best = id
+		case n == count[best] && c.writer != nil && c.writer.SystemID == id:
+			best = id
+		}
+	}
+	if best != c.sysid {
+		if c.sysid != 0 {
+			slog.Warn("cluster system identifier", "was", c.sysid, "now", best)
+		}
+		c.sysid = best
+		c.remember()
+	}
+	for _, m := range c.members {
+		foreign := m.SystemID != 0 && m.SystemID != c.sysid
+		if foreign && !m.Foreign {
+			slog.Error("node of another cluster: refused", "node", m.Name, "system_id", m.SystemID, "cluster", c.sysid)
+		}
+		m.Foreign = foreign
+	}
+}
+
+// learnStandbys records the application_name each replica streams under,
+// matched by its address. Called with c.mu held.
+func (c *Controller) learnStandbys(sbs []Standby) {
+	for _, sb := range sbs {
+		for _, m := range c.members {
+			if m.Addr.Addr() != sb.Addr || m.AppName == sb.AppName {
+				continue
+			}
+			if sb.AppName != m.Name {
+				slog.Warn("replica streams under another application_name than its member name; synchronous_standby_names uses it",
+					"node", m.Name, "application_name", sb.AppName)
+			}
+			m.AppName = sb.AppName
+		}
+	}
+}
+
+// remember hands what must survive a restart to Options.Remember.
+// Called with c.mu held.
+func (c *Controller) remember() {
+	if c.o.Remember != nil {
+		c.o.Remember(Durable{Timeline: c.latestTL, SystemID: c.sysid})
+	}
+}
+
+// Warnings lists what an operator should fix: nodes of another cluster,
+// replicas streaming under another name than their member name.
+func (c *Controller) Warnings() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, m := range c.members {
+		if m.Foreign {
+			out = append(out, fmt.Sprintf("%s has system identifier %d, not the cluster's %d: it is never routed to", m.Name, m.SystemID, c.sysid))
+		}
+		if m.AppName != "" && m.AppName != m.Name {
+			out = append(out, fmt.Sprintf("%s streams as application_name %q, not its member name", m.Name, m.AppName))
+		}
+	}
+	return out
 }
 
 // sampleWAL records the writer's WAL position at t.
@@ -440,7 +564,7 @@ func decide(cfg Config, members []*Member, latestTL uint32, current *Member) dec
 	var d decision
 	var primaries []*Member
 	for _, m := range members {
-		if m.Health == HealthUp && m.Role == RolePrimary && m.Timeline >= latestTL {
+		if m.Health == HealthUp && m.Role == RolePrimary && m.Timeline >= latestTL && !m.Foreign {
 			primaries = append(primaries, m)
 		}
 	}
@@ -467,7 +591,7 @@ func decide(cfg Config, members []*Member, latestTL uint32, current *Member) dec
 		}
 	}
 	for _, m := range members {
-		if m.Health != HealthUp || m.Role != RoleReplica || m.Drained {
+		if m.Health != HealthUp || m.Role != RoleReplica || m.Drained || m.Foreign {
 			continue
 		}
 		if cfg.MaxReadLag > 0 && m.ReplayLag > cfg.MaxReadLag {
@@ -552,6 +676,9 @@ func (c *Controller) apply() error {
 
 // roleLeft reports whether m no longer has the role that svc needs.
 func (c *Controller) roleLeft(m *Member, svc Service) bool {
+	if m.Foreign {
+		return true
+	}
 	if svc == RW {
 		return m.Role != RolePrimary || m.Conflict || m.Fenced
 	}

@@ -23,7 +23,8 @@ type Promoter interface {
 	// created on p first when missing.
 	Follow(ctx context.Context, n, p Node) error
 	// SetSynchronous sets synchronous_standby_names on primary p to
-	// ANY 1 (names), or clears it when names is empty, and reloads.
+	// ANY 1 (names), or clears it when names is empty, and reloads. The
+	// names are application_names as pg_stat_replication shows them.
 	SetSynchronous(ctx context.Context, p Node, names []string) error
 	// StopWrites makes primary p refuse writes (default_transaction_read_only,
 	// client sessions terminated) and returns its WAL position after that.
@@ -114,7 +115,7 @@ func (c *Controller) planFailover() *plan {
 	}
 	var cands []*Member
 	for _, m := range c.members {
-		if m == old || m.Health != HealthUp || m.Role != RoleReplica || m.Drained {
+		if m == old || m.Health != HealthUp || m.Role != RoleReplica || m.Drained || m.Foreign {
 			continue
 		}
 		if !m.seenAt.After(lostAt) {
@@ -173,6 +174,9 @@ func (c *Controller) planFailover() *plan {
 // VIP's ownership is checked again right before pg_promote.
 func (c *Controller) failover(p *plan) {
 	start := c.now()
+	if p = c.recheck(p); p == nil {
+		return
+	}
 	ev := Event{Time: start, Kind: "failover", From: p.old.Name, To: p.cand.Name, LostLSN: p.lost}
 	var err error
 	if !c.o.Owner() {
@@ -212,6 +216,58 @@ func (c *Controller) failover(p *plan) {
 	c.mu.Unlock()
 	slog.Warn("promoted", "node", p.cand.Name, "timeline", p.cand.Timeline, "took", ev.Took, "lost_bytes", p.lost)
 	c.o.Go(func() { c.repoint(p.cand, followers) })
+}
+
+// recheck reads every node but the old primary afresh (Options.Reprobe)
+// and plans again from what PostgreSQL says now, so that two LB nodes that
+// both believe they own the VIP promote the same node or none: the
+// replicas' final WAL positions give both the same candidate, and a node
+// already promoted (by the other LB) on a newer timeline stops this one.
+// It returns the plan to carry out, or nil (busy cleared, reason set).
+func (c *Controller) recheck(p *plan) *plan {
+	if c.o.Reprobe == nil {
+		return p
+	}
+	c.mu.Lock()
+	var nodes []Node
+	for _, m := range c.members {
+		if m != p.old {
+			nodes = append(nodes, m.Node)
+		}
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
+	obs := c.o.Reprobe(ctx, nodes)
+	cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, o := range obs {
+		if m := c.member(o.Node); m != nil && !o.Time.Before(m.LastCheck) {
+			c.update(m, o)
+		}
+	}
+	c.busy = false
+	for _, m := range c.members {
+		if m != p.old && m.Health == HealthUp && m.Role == RolePrimary && m.Timeline > p.old.Timeline && !m.Foreign {
+			slog.Warn("not promoting: a node is already primary on a newer timeline", "node", m.Name, "timeline", m.Timeline)
+			c.reason = ""
+			if err := c.apply(); err != nil {
+				slog.Error("routing writes", "node", m.Name, "err", err)
+			}
+			return nil
+		}
+	}
+	np := c.planFailover()
+	if np == nil {
+		if err := c.apply(); err != nil {
+			slog.Error("applying pools", "err", err)
+		}
+		return nil
+	}
+	if np.cand != p.cand {
+		slog.Warn("failover candidate changed on a fresh read", "was", p.cand.Name, "now", np.cand.Name)
+	}
+	return np
 }
 
 // promoted records that m is now the primary and routes writes to it.
@@ -337,17 +393,25 @@ func (c *Controller) trackSync(m *Member) func() {
 	}
 	c.syncBusy = true
 	node := w.Node
-	return func() { c.setSync(w, node, want) }
+	// synchronous_standby_names holds what the standbys call themselves.
+	apps := make([]string, len(want))
+	for i, n := range want {
+		apps[i] = n
+		if m := c.member(n); m != nil && m.AppName != "" {
+			apps[i] = m.AppName
+		}
+	}
+	return func() { c.setSync(w, node, want, apps) }
 }
 
 // setSync writes synchronous_standby_names on w and records the result.
-func (c *Controller) setSync(w *Member, node Node, want []string) {
+func (c *Controller) setSync(w *Member, node Node, want, apps []string) {
 	var err error
 	if !c.o.Owner() {
 		err = c.notOwner("setting synchronous standbys")
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ActionTimeout)
-		err = c.o.Promoter.SetSynchronous(ctx, node, want)
+		err = c.o.Promoter.SetSynchronous(ctx, node, apps)
 		cancel()
 	}
 	c.mu.Lock()
@@ -507,13 +571,16 @@ type Status struct {
 	SyncStandbys    []string `json:"sync_standbys,omitempty"`
 	PromotableNodes []string `json:"promotable,omitempty"`
 	Events          []Event  `json:"events,omitempty"`
+	SystemID        uint64   `json:"system_id,omitempty"`
+	Warnings        []string `json:"warnings,omitempty"`
 }
 
 // Status returns what the controller decided lately and why.
 func (c *Controller) Status() Status {
+	w := c.Warnings()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := Status{Timeline: c.latestTL, NoWriterReason: c.reason, Synchronous: c.cfg.Synchronous,
+	s := Status{Warnings: w, SystemID: c.sysid, Timeline: c.latestTL, NoWriterReason: c.reason, Synchronous: c.cfg.Synchronous,
 		SyncStandbys: slices.Clone(c.syncNames), PromotableNodes: slices.Clone(c.promoSet),
 		Events: slices.Clone(c.events)}
 	if c.writer != nil && len(c.pools[RW]) > 0 {

@@ -588,3 +588,133 @@ func TestIdlePrimaryNoLag(t *testing.T) {
 		t.Fatalf("pg3 lag %v pools %v, want 0 and the read pool", m.ReplayLag, m.Pools)
 	}
 }
+
+// TestRecheckBeforePromote: right before pg_promote every node is read
+// afresh. Another LB promoted pg2 meanwhile: this one promotes nobody
+// and routes writes to pg2. pg2 got further than this LB last saw:
+// pg2, not pg3, is promoted (both LBs pick the same node).
+func TestRecheckBeforePromote(t *testing.T) {
+	tests := []struct {
+		name    string
+		fresh   func(now time.Time) []Observation
+		wantRW  string
+		wantAct []string
+	}{
+		{name: "already promoted elsewhere",
+			fresh: func(now time.Time) []Observation {
+				return []Observation{
+					{Node: "pg2", Time: now, Timeline: 2, WALLSN: 1300},
+					{Node: "pg3", Time: now, InRecovery: true, Timeline: 1, ReceiveLSN: 1200, ReplayLSN: 1200},
+				}
+			},
+			wantRW: "pg2", wantAct: nil},
+		{name: "the fresh read changes the candidate",
+			fresh: func(now time.Time) []Observation {
+				return []Observation{
+					{Node: "pg2", Time: now, InRecovery: true, Timeline: 1, ReceiveLSN: 1250, ReplayLSN: 1250},
+					{Node: "pg3", Time: now, InRecovery: true, Timeline: 1, ReceiveLSN: 1200, ReplayLSN: 1200},
+				}
+			},
+			wantRW: "pg2", wantAct: []string{"promote pg2", "follow pg3->pg2"}},
+		{name: "a candidate streams again from the old primary: nobody",
+			fresh: func(now time.Time) []Observation {
+				return []Observation{
+					{Node: "pg2", Time: now, InRecovery: true, Timeline: 1, ReceiveLSN: 1250, ReplayLSN: 1250, Streaming: true, Upstream: pg1.Addr.String()},
+					{Node: "pg3", Time: now, InRecovery: true, Timeline: 1, ReceiveLSN: 1250, ReplayLSN: 1250, Streaming: true, Upstream: pg1.Addr.String()},
+				}
+			},
+			wantRW: "", wantAct: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(Config{})
+			var asked []string
+			r.c.o.Reprobe = func(_ context.Context, nodes []Node) []Observation {
+				for _, n := range nodes {
+					asked = append(asked, n.Name)
+				}
+				r.clock = r.clock.Add(10 * time.Millisecond)
+				return tt.fresh(r.clock)
+			}
+			r.run(t, evs(healthy, rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)))
+			if diff := gocmp.Diff([]string{"pg2", "pg3"}, asked); diff != "" {
+				t.Fatalf("re-read (-want +got):\n%s", diff)
+			}
+			if diff := gocmp.Diff(tt.wantAct, r.actions()); diff != "" {
+				t.Fatalf("actions (-want +got):\n%s", diff)
+			}
+			var got string
+			if rw := r.dp.pools[RW]; len(rw) == 1 {
+				got = r.c.byAddr(rw[0]).Name
+			}
+			if got != tt.wantRW {
+				t.Fatalf("writer %q, want %q", got, tt.wantRW)
+			}
+		})
+	}
+}
+
+// TestForeignNodeRefused: a node of another cluster (system identifier)
+// is never routed to nor promoted, and status says so.
+func TestForeignNodeRefused(t *testing.T) {
+	r := newRig(Config{})
+	obs := func(n string, sysid uint64, rec bool, lsn uint64) Observation {
+		r.clock = r.clock.Add(50 * time.Millisecond)
+		o := Observation{Node: n, Time: r.clock, InRecovery: rec, Timeline: 1, SystemID: sysid}
+		if rec {
+			o.ReceiveLSN, o.ReplayLSN, o.Streaming, o.Upstream = lsn, lsn, true, pg1.Addr.String()
+		} else {
+			o.WALLSN = lsn
+		}
+		return o
+	}
+	for _, o := range []Observation{obs("pg1", 7, false, 1000), obs("pg2", 7, true, 1000), obs("pg3", 9, true, 1000)} {
+		if err := r.c.Observe(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := r.c.member("pg3"); !m.Foreign || len(m.Pools) != 0 {
+		t.Fatalf("pg3 foreign %v pools %v, want refused", m.Foreign, m.Pools)
+	}
+	if w := strings.Join(r.c.Status().Warnings, "; "); !strings.Contains(w, "pg3 has system identifier 9") {
+		t.Fatalf("warnings %q, want pg3 named", w)
+	}
+}
+
+// TestSyncUsesApplicationNames: synchronous_standby_names lists what the
+// primary reports as each standby's application_name.
+func TestSyncUsesApplicationNames(t *testing.T) {
+	r := newRig(Config{Synchronous: true})
+	r.clock = r.clock.Add(50 * time.Millisecond)
+	if err := r.c.Observe(Observation{Node: "pg1", Time: r.clock, Timeline: 1, WALLSN: 1000,
+		Standbys: []Standby{{AppName: "walreceiver", Addr: pg2.Addr.Addr()}, {AppName: "pg3", Addr: pg3.Addr.Addr()}}}); err != nil {
+		t.Fatal(err)
+	}
+	r.run(t, []ev{streams("pg2", "pg1", 1000), streams("pg3", "pg1", 1000)})
+	if !strings.Contains(strings.Join(r.pr.log, "|"), "sync pg1 [walreceiver pg3]") {
+		t.Fatalf("promoter log %v, want the application names", r.pr.log)
+	}
+	if w := strings.Join(r.c.Warnings(), "; "); !strings.Contains(w, `pg2 streams as application_name "walreceiver"`) {
+		t.Fatalf("warnings %q, want pg2's name said", w)
+	}
+}
+
+// TestKnownTimelineFencesAfterRestart: a restarted daemon that reaches
+// only the old primary (timeline 1) while an earlier run saw timeline 2
+// routes no writes to it.
+func TestKnownTimelineFencesAfterRestart(t *testing.T) {
+	var kept Durable
+	r := newRig(Config{Known: Durable{Timeline: 2}})
+	r.c.o.Remember = func(d Durable) { kept = d }
+	r.run(t, []ev{up("pg1", 1000), down("pg2"), down("pg3")})
+	if rw := r.dp.pools[RW]; len(rw) != 0 {
+		t.Fatalf("writes routed to %v, the old primary on timeline 1", rw)
+	}
+	if !r.c.member("pg1").Fenced {
+		t.Fatal("pg1 not fenced")
+	}
+	r.run(t, []ev{{node: "pg2", tl: 3, lsn: 2000}})
+	if kept.Timeline != 3 {
+		t.Fatalf("remembered %+v, want timeline 3", kept)
+	}
+}

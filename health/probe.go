@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -78,9 +79,26 @@ type Observation struct {
 	// (pg_stat_wal_receiver.status = 'streaming').
 	Streaming bool
 	// Upstream is where a replica's WAL receiver is connected,
-	// "sender_host:sender_port" of pg_stat_wal_receiver ("172.20.0.10:5432",
-	// comparable with Target.Addr.String()); empty when it has none.
+	// "sender_host:sender_port" of pg_stat_wal_receiver with the host
+	// resolved to an address ("172.20.0.10:5432", comparable with
+	// Target.Addr.String()); empty when it has none.
 	Upstream string
+	// SystemID is pg_control_system().system_identifier: the same on every
+	// node of one cluster (set by initdb, kept by base backups).
+	SystemID uint64
+	// Standbys are a primary's WAL senders (pg_stat_replication).
+	Standbys []Standby
+}
+
+// Standby is one WAL sender of a primary, as pg_stat_replication shows it.
+type Standby struct {
+	// AppName is the standby's application_name: the name that
+	// synchronous_standby_names must use.
+	AppName string `json:"a"`
+	// Addr is the standby's address (client_addr).
+	Addr netip.Addr `json:"c"`
+	// State is the sender's state ("streaming", "catchup", …).
+	State string `json:"s"`
 }
 
 // TimelineSQL is the SQL expression of a primary's timeline (int8): the
@@ -111,7 +129,10 @@ SELECT s.rec,
 	coalesce((SELECT status = 'streaming' FROM wr), false),
 	(SELECT sender_host FROM wr),
 	(SELECT sender_port FROM wr),
-	coalesce((SELECT pid IS NOT NULL AND status IS NULL FROM wr), false)
+	coalesce((SELECT pid IS NOT NULL AND status IS NULL FROM wr), false),
+	(pg_control_system()).system_identifier,
+	CASE WHEN s.rec THEN '[]' ELSE (SELECT coalesce(json_agg(json_build_object(
+		'a', application_name, 'c', host(client_addr), 's', state)), '[]')::text FROM pg_stat_replication) END
 FROM s`
 
 // Prober probes one target over a persistent connection, reconnecting
@@ -205,11 +226,17 @@ func (p *Prober) query(ctx context.Context, obs *Observation) error {
 		senderHost           *string
 		senderPort           *int32
 		hidden               bool
+		sysid                int64
+		standbys             string
 	)
 	err := p.conn.QueryRow(ctx, probeSQL).Scan(&obs.InRecovery, &timeline, &wal, &receive, &replay,
-		&lagMicros, &obs.Streaming, &senderHost, &senderPort, &hidden)
+		&lagMicros, &obs.Streaming, &senderHost, &senderPort, &hidden, &sysid, &standbys)
 	if err != nil {
 		return err
+	}
+	obs.SystemID = uint64(sysid)
+	if err := json.Unmarshal([]byte(standbys), &obs.Standbys); err != nil {
+		return fmt.Errorf("reading pg_stat_replication: %w", err)
 	}
 	if hidden {
 		return ErrPrivilege
@@ -228,9 +255,23 @@ func (p *Prober) query(ctx context.Context, obs *Observation) error {
 		}
 	}
 	if senderHost != nil && senderPort != nil {
-		obs.Upstream = net.JoinHostPort(*senderHost, strconv.Itoa(int(*senderPort)))
+		obs.Upstream = net.JoinHostPort(resolve(ctx, *senderHost), strconv.Itoa(int(*senderPort)))
 	}
 	return nil
+}
+
+// resolve returns host's first address, or host itself when it is an
+// address already or does not resolve (in time): a replica's
+// primary_conninfo may name its primary by name.
+func resolve(ctx context.Context, host string) string {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.Unmap().String()
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
+	if err != nil || len(addrs) == 0 {
+		return host
+	}
+	return addrs[0].Unmap().String()
 }
 
 // Close closes the prober's connection; later probes return ErrClosed. It

@@ -154,6 +154,9 @@ func printStatus(w io.Writer, v StatusView) {
 		fmt.Fprintf(tw, "vrrp\toff (single LB: this node owns the vip)\n")
 	}
 	fmt.Fprintf(tw, "timeline\t%d\n", v.Control.Timeline)
+	for _, w := range v.Control.Warnings {
+		fmt.Fprintf(tw, "warning\t%s\n", w)
+	}
 	if v.Control.NoWriterReason != "" {
 		fmt.Fprintf(tw, "no writer\t%s\n", v.Control.NoWriterReason)
 	}

@@ -29,6 +29,7 @@ type Config struct {
 	SNATPorts             string         `yaml:"snat_ports"`
 	PinPath               string         `yaml:"pin_path"`
 	Socket                string         `yaml:"socket"`
+	StateFile             string         `yaml:"state_file"`
 	Postgres              PostgresConfig `yaml:"postgres"`
 	Probe                 ProbeConfig    `yaml:"probe"`
 	MaxReadLag            *Duration      `yaml:"max_read_lag"` // nil: 30 s; 0: no limit
@@ -170,6 +171,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Socket == "" {
 		c.Socket = defaultSocket
+	}
+	if c.StateFile == "" {
+		c.StateFile = defaultStateFile
 	}
 	if c.Postgres.TLS.SSLMode == "" {
 		c.Postgres.TLS.SSLMode = "prefer"

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -143,6 +144,17 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		return err
 	}
 	defer kicker.Close()
+	known, err := loadState(cfg.StateFile)
+	if err != nil {
+		return err
+	}
+	if known.Timeline != 0 {
+		slog.Info("state", "file", cfg.StateFile, "timeline", known.Timeline, "system_id", known.SystemID)
+	}
+	byName := make(map[string]health.Target, len(targets))
+	for _, t := range targets {
+		byName[t.Name] = t
+	}
 	waker := health.NewWaker()
 	ctl := control.New(control.Config{
 		Fall:             cfg.Probe.Fall,
@@ -153,6 +165,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		MaxLagOnFailover: uint64(*cfg.MaxLagOnFailover),
 		Synchronous:      cfg.Synchronous,
 		ActionTimeout:    actionTimeout,
+		Known:            known,
 	}, nodes, control.Options{
 		Datapath: &poolWriter{dp: dp, kicker: kicker, owner: owner},
 		Promoter: postgres.NewActions(health.Login{User: admin.user, Database: cfg.Postgres.Database,
@@ -168,8 +181,12 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 			}
 			return ""
 		},
-		Go:  func(f func()) { go f() },
-		Now: time.Now,
+		Go:       func(f func()) { go f() },
+		Now:      time.Now,
+		Remember: func(d control.Durable) { saveState(cfg.StateFile, d) },
+		Reprobe: func(ctx context.Context, ns []control.Node) []control.Observation {
+			return reprobe(ctx, ns, byName, time.Duration(cfg.Probe.Timeout))
+		},
 	})
 	ctlRef.Store(ctl)
 	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election}
@@ -214,7 +231,33 @@ func toControl(o health.Observation) control.Observation {
 		Latency:    o.Latency,
 		Streaming:  o.Streaming,
 		Upstream:   o.Upstream,
+		SystemID:   o.SystemID,
+		Standbys:   standbys(o.Standbys),
 	}
+}
+
+func standbys(sbs []health.Standby) []control.Standby {
+	out := make([]control.Standby, len(sbs))
+	for i, sb := range sbs {
+		out[i] = control.Standby{AppName: sb.AppName, Addr: sb.Addr}
+	}
+	return out
+}
+
+// reprobe probes nodes afresh, all at once, each on a connection of its
+// own, for the controller's check right before a promotion.
+func reprobe(ctx context.Context, ns []control.Node, targets map[string]health.Target, timeout time.Duration) []control.Observation {
+	out := make([]control.Observation, len(ns))
+	var wg sync.WaitGroup
+	for i, n := range ns {
+		wg.Go(func() {
+			p := health.NewProber(targets[n.Name], timeout)
+			defer p.Close()
+			out[i] = toControl(p.Probe(ctx))
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // poolWriter writes the controller's pools into the datapath. A cut also

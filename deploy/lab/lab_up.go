@@ -401,7 +401,8 @@ func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 	fmt.Fprintf(&b, "# xlb on %s of lab %q, written by xlb lab up (see deploy/xlb.example.yaml).\n", n.Name, u.opts.Prefix)
 	fmt.Fprintf(&b, "interface: %s\nxdp_mode: %s\nvip: %v\nnode_address: %v\n", HostIf, u.opts.XDPMode, VIP, n.Addr.Addr())
 	fmt.Fprintf(&b, "ports:\n  rw: %d\n  ro: %d\nsnat_ports: 20000-29999\n", PortRW, PortRO)
-	fmt.Fprintf(&b, "pin_path: %s\nsocket: %s\n", DaemonPinDir(u.opts.Prefix, n.Name), socket)
+	fmt.Fprintf(&b, "pin_path: %s\nsocket: %s\nstate_file: %s\n", DaemonPinDir(u.opts.Prefix, n.Name), socket,
+		filepath.Join(u.lab.Dir, n.Name+".state.json"))
 	fmt.Fprintf(&b, "postgres:\n  user: %s\n  database: %s\n  password_file: %s\n", User, Database, pwPath)
 	fmt.Fprintf(&b, "  admin_user: %s\n  admin_password_file: %s\n", AdminUser, adminPwPath)
 	fmt.Fprintf(&b, "failover: true\nsynchronous: %t\n", u.opts.Synchronous)
