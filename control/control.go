@@ -207,13 +207,15 @@ type Controller struct {
 	events    []Event   // failovers and switchovers, newest last, at most maxEvents
 	retryAt   time.Time // no promotion is tried before this (after a failed one)
 	backoff   time.Duration
-	promoSet  []string    // sync mode: nodes that hold every acknowledged commit
-	pending   *syncStep   // sync mode: a set written, not yet caught up
-	syncNames []string    // sync mode: synchronous_standby_names as last written
-	holdRW    bool        // switchover: no writer until the target is promoted
-	syncBusy  bool        // a synchronous_standby_names change is under way
-	wal       []walSample // the writer's WAL position over time, oldest first
-	sysid     uint64      // the cluster's system identifier; 0 = not known yet
+	promoSet  []string         // sync mode: nodes that hold every acknowledged commit
+	pending   *syncStep        // sync mode: a set written, not yet caught up
+	syncNames []string         // sync mode: synchronous_standby_names as last written
+	holdRW    bool             // switchover: no writer until the target is promoted
+	syncBusy  bool             // a synchronous_standby_names change is under way
+	wal       []walSample      // the writer's WAL position over time, oldest first
+	sysid     uint64           // the cluster's system identifier; 0 = not known yet
+	cutRetry  []netip.AddrPort // backends whose cut failed: tried again at every apply
+	dpErr     string           // the datapath's last error, "" once a write works again
 }
 
 // walSample is the writer's WAL position at a probe.
@@ -642,6 +644,17 @@ func (c *Controller) apply() error {
 	}
 	var errs []error
 	cut := false
+	// Cuts that failed before are tried again until they work: a client
+	// of a node that left must not keep its flow.
+	for _, b := range slices.Clone(c.cutRetry) {
+		if err := c.dp.Cut(b); err != nil {
+			errs = append(errs, fmt.Errorf("cutting %v again: %w", b, err))
+			continue
+		}
+		slog.Info("cut retried", "backend", b)
+		c.cutRetry = slices.DeleteFunc(c.cutRetry, func(x netip.AddrPort) bool { return x == b })
+		cut = true
+	}
 	for _, svc := range []Service{RW, RO} {
 		for _, b := range c.pools[svc] {
 			if slices.Contains(d.pools[svc], b) {
@@ -654,6 +667,9 @@ func (c *Controller) apply() error {
 			slog.Info("cutting flows", "backend", b, "service", svc)
 			if err := c.dp.Cut(b); err != nil {
 				errs = append(errs, fmt.Errorf("cutting %v: %w", b, err))
+				if !slices.Contains(c.cutRetry, b) {
+					c.cutRetry = append(c.cutRetry, b)
+				}
 			}
 			cut = true
 		}
@@ -671,7 +687,12 @@ func (c *Controller) apply() error {
 		c.pools[svc] = d.pools[svc]
 	}
 	c.written = true
-	return errors.Join(errs...)
+	err := errors.Join(errs...)
+	c.dpErr = ""
+	if err != nil {
+		c.dpErr = err.Error()
+	}
+	return err
 }
 
 // roleLeft reports whether m no longer has the role that svc needs.

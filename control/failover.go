@@ -573,6 +573,9 @@ type Status struct {
 	Events          []Event  `json:"events,omitempty"`
 	SystemID        uint64   `json:"system_id,omitempty"`
 	Warnings        []string `json:"warnings,omitempty"`
+	// DatapathError is the last failed write to the datapath (a pool or
+	// a cut, retried at every observation); "" once writes work.
+	DatapathError string `json:"datapath_error,omitempty"`
 }
 
 // Status returns what the controller decided lately and why.
@@ -580,7 +583,7 @@ func (c *Controller) Status() Status {
 	w := c.Warnings()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := Status{Warnings: w, SystemID: c.sysid, Timeline: c.latestTL, NoWriterReason: c.reason, Synchronous: c.cfg.Synchronous,
+	s := Status{Warnings: w, SystemID: c.sysid, DatapathError: c.dpErr, Timeline: c.latestTL, NoWriterReason: c.reason, Synchronous: c.cfg.Synchronous,
 		SyncStandbys: slices.Clone(c.syncNames), PromotableNodes: slices.Clone(c.promoSet),
 		Events: slices.Clone(c.events)}
 	if c.writer != nil && len(c.pools[RW]) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -716,5 +717,43 @@ func TestKnownTimelineFencesAfterRestart(t *testing.T) {
 	r.run(t, []ev{{node: "pg2", tl: 3, lsn: 2000}})
 	if kept.Timeline != 3 {
 		t.Fatalf("remembered %+v, want timeline 3", kept)
+	}
+}
+
+// failingCut fails the first n cuts.
+type failingCut struct {
+	fakeDatapath
+	n int
+}
+
+func (f *failingCut) Cut(b netip.AddrPort) error {
+	if f.n > 0 {
+		f.n--
+		return errors.New("map busy")
+	}
+	return f.fakeDatapath.Cut(b)
+}
+
+// TestCutRetried: a cut that fails is tried again at the next
+// observation, and status shows the error until it works.
+func TestCutRetried(t *testing.T) {
+	r := newRig(Config{})
+	dp := &failingCut{}
+	r.c.dp = dp
+	r.run(t, healthy)
+	dp.n = 1
+	for _, e := range rep3(down("pg3")) {
+		r.clock = r.clock.Add(50 * time.Millisecond)
+		r.c.Observe(Observation{Node: e.node, Time: r.clock, Err: errors.New("refused")})
+	}
+	if st := r.c.Status(); !strings.Contains(st.DatapathError, "map busy") {
+		t.Fatalf("datapath error %q, want the failed cut said", st.DatapathError)
+	}
+	r.run(t, []ev{up("pg1", 1000)})
+	if !strings.Contains(strings.Join(dp.log, " "), "cut "+pg3.Addr.String()) {
+		t.Fatalf("the failed cut was not tried again: %v", dp.log)
+	}
+	if st := r.c.Status(); st.DatapathError != "" {
+		t.Fatalf("datapath error %q after the retry worked", st.DatapathError)
 	}
 }

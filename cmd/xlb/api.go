@@ -59,6 +59,7 @@ type StatusView struct {
 	Services    map[string]loader.Counters `json:"services"`
 	Control     control.Status             `json:"control"`
 	VRRP        *vip.Status                `json:"vrrp,omitempty"`
+	LeaseError  string                     `json:"lease_error,omitempty"`
 }
 
 func (d *daemon) backends() ([]BackendView, error) {
@@ -160,6 +161,11 @@ func (d *daemon) status() (StatusView, error) {
 	if d.election != nil {
 		st := d.election.Status()
 		v.VRRP = &st
+	}
+	if d.leaseErr != nil {
+		if e := d.leaseErr.Load(); e != nil {
+			v.LeaseError = *e
+		}
 	}
 	for s, c := range st.Services {
 		v.Services[s.String()] = c

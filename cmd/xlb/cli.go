@@ -154,6 +154,12 @@ func printStatus(w io.Writer, v StatusView) {
 		fmt.Fprintf(tw, "vrrp\toff (single LB: this node owns the vip)\n")
 	}
 	fmt.Fprintf(tw, "timeline\t%d\n", v.Control.Timeline)
+	if v.LeaseError != "" {
+		fmt.Fprintf(tw, "vip lease\tfailing: %s\n", v.LeaseError)
+	}
+	if v.Control.DatapathError != "" {
+		fmt.Fprintf(tw, "datapath\tfailing: %s\n", v.Control.DatapathError)
+	}
 	for _, w := range v.Control.Warnings {
 		fmt.Fprintf(tw, "warning\t%s\n", w)
 	}

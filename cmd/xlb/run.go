@@ -71,6 +71,9 @@ type daemon struct {
 	started time.Time
 	// election is the VRRP instance; nil when vrrp is off (one LB).
 	election *vip.Instance
+	// leaseErr is the last failure to renew the VIP lease; nil once it
+	// works again.
+	leaseErr *atomic.Pointer[string]
 }
 
 // secrets are PostgreSQL credentials; never logged.
@@ -118,11 +121,12 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 			Database: cfg.Postgres.Database, Password: password, TLS: cfg.Postgres.TLS}
 	}
 	owner := func() bool { return true }
+	var leaseErr atomic.Pointer[string]
 	var election *vip.Instance
 	var ctlRef atomic.Pointer[control.Controller]
 	if cfg.VRRP.Enabled {
 		var resigned <-chan struct{}
-		if election, resigned, err = startVRRP(ctx, cfg, dp); err != nil {
+		if election, resigned, err = startVRRP(ctx, cfg, dp, &leaseErr); err != nil {
 			return err
 		}
 		defer func() {
@@ -189,7 +193,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		},
 	})
 	ctlRef.Store(ctl)
-	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election}
+	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr}
 
 	srv, err := serveAPI(cfg.Socket, d)
 	if err != nil {
@@ -312,7 +316,7 @@ func (p *poolWriter) Cut(b netip.AddrPort) error {
 // stops taking traffic before the backup takes over); on becoming backup it
 // drops the lease. The election ends, with a priority-0 advertisement, when
 // ctx ends.
-func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Instance, <-chan struct{}, error) {
+func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath, leaseErr *atomic.Pointer[string]) (*vip.Instance, <-chan struct{}, error) {
 	advert := time.Duration(cfg.VRRP.AdvertInterval)
 	// The lease outlives the last advertisement by 3 intervals, and any
 	// backup waits 3 intervals plus its skew before taking over: a lease
@@ -345,7 +349,20 @@ func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath) (*vip.Inst
 			}
 			slog.Warn("vrrp backup: vip released", "vip", cfg.vip)
 		},
-		WhileMaster: func() { dp.RenewLease(3 * advert) },
+		// Renewed every advertisement, so a failure is retried at the
+		// next one; xlb status shows it meanwhile.
+		WhileMaster: func() {
+			if err := dp.RenewLease(3 * advert); err != nil {
+				if leaseErr.Load() == nil {
+					slog.Error("renewing vip lease", "err", err)
+				}
+				msg := err.Error()
+				leaseErr.Store(&msg)
+			} else if leaseErr.Load() != nil {
+				slog.Info("vip lease renewed again")
+				leaseErr.Store(nil)
+			}
+		},
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("starting vrrp: %w", err)
