@@ -18,27 +18,7 @@ import (
 // opened for drills.
 func upSyncLab(t *testing.T) *lab.Running {
 	t.Helper()
-	lab.RequirePrivileged(t)
-	bin, err := xlbBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	prefix := lab.TestPrefix()
-	t.Cleanup(func() {
-		if err := lab.Down(prefix, nil); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
-	})
-	if _, err := lab.Up(ctx, lab.Options{Prefix: prefix, Binary: bin, XDPMode: "generic", Synchronous: true, Out: tlog{t}}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := lab.Open(prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return upLab(t, lab.Options{Synchronous: true})
 }
 
 // logReport logs a drill's table, line by line.
