@@ -39,6 +39,7 @@ type Config struct {
 	Synchronous           bool           `yaml:"synchronous"`
 	VRRP                  VRRPConfig     `yaml:"vrrp"`
 	Nodes                 []NodeConfig   `yaml:"nodes"`
+	HTTP                  HTTPConfig     `yaml:"http"`
 
 	// Parsed forms, filled by validate.
 	vip, nodeAddr netip.Addr
@@ -219,6 +220,7 @@ func (c *Config) setDefaults() {
 		n := int64(1 << 20)
 		c.MaxLagOnFailover = &n
 	}
+	c.HTTP.setDefaults()
 }
 
 func (c *Config) validate() error {
@@ -288,6 +290,9 @@ func (c *Config) validate() error {
 			return fieldErr(fmt.Sprintf("vrrp.unicast_peers[%d]", i), "%q is not an IPv4 address", p)
 		}
 		c.VRRP.peers = append(c.VRRP.peers, a)
+	}
+	if err := c.HTTP.validate(); err != nil {
+		return err
 	}
 	if len(c.Nodes) == 0 {
 		return fieldErr("nodes", "at least one node is required")

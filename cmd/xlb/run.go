@@ -17,6 +17,7 @@ import (
 
 	"github.com/xlb-dev/xlb/control"
 	"github.com/xlb-dev/xlb/control/postgres"
+	"github.com/xlb-dev/xlb/control/web"
 	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/loader"
 	"github.com/xlb-dev/xlb/vip"
@@ -74,6 +75,8 @@ type daemon struct {
 	// leaseErr is the last failure to renew the VIP lease; nil once it
 	// works again.
 	leaseErr *atomic.Pointer[string]
+	// rec counts probes, state changes and VRRP transitions for /metrics.
+	rec *web.Recorder
 }
 
 // secrets are PostgreSQL credentials; never logged.
@@ -120,13 +123,14 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		targets[i] = health.Target{Name: n.Name, Addr: cfg.nodes[i], User: cfg.Postgres.User,
 			Database: cfg.Postgres.Database, Password: password, TLS: cfg.Postgres.TLS}
 	}
+	rec := web.NewRecorder(nodeNames(cfg))
 	owner := func() bool { return true }
 	var leaseErr atomic.Pointer[string]
 	var election *vip.Instance
 	var ctlRef atomic.Pointer[control.Controller]
 	if cfg.VRRP.Enabled {
 		var resigned <-chan struct{}
-		if election, resigned, err = startVRRP(ctx, cfg, dp, &leaseErr); err != nil {
+		if election, resigned, err = startVRRP(ctx, cfg, dp, &leaseErr, rec); err != nil {
 			return err
 		}
 		defer func() {
@@ -193,13 +197,16 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		},
 	})
 	ctlRef.Store(ctl)
-	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr}
+	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr, rec: rec}
 
 	srv, err := serveAPI(cfg.Socket, d)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
+	if err := d.startHTTP(ctx); err != nil {
+		return err
+	}
 
 	obs := make(chan health.Observation, 64)
 	go health.WatchWith(ctx, targets, health.WatchOptions{
@@ -217,6 +224,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 			if err := ctl.Observe(toControl(o)); err != nil {
 				slog.Error("applying decision", "node", o.Node, "err", err)
 			}
+			d.recordObservation(o.Node, o.Latency, o.Err == nil)
 		}
 	}
 }
@@ -316,7 +324,7 @@ func (p *poolWriter) Cut(b netip.AddrPort) error {
 // stops taking traffic before the backup takes over); on becoming backup it
 // drops the lease. The election ends, with a priority-0 advertisement, when
 // ctx ends.
-func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath, leaseErr *atomic.Pointer[string]) (*vip.Instance, <-chan struct{}, error) {
+func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath, leaseErr *atomic.Pointer[string], rec *web.Recorder) (*vip.Instance, <-chan struct{}, error) {
 	advert := time.Duration(cfg.VRRP.AdvertInterval)
 	// The lease outlives the last advertisement by 3 intervals, and any
 	// backup waits 3 intervals plus its skew before taking over: a lease
@@ -342,8 +350,12 @@ func startVRRP(ctx context.Context, cfg *Config, dp *loader.Datapath, leaseErr *
 		UnicastPeers:   cfg.VRRP.peers,
 		GARPRefresh:    time.Duration(cfg.VRRP.GARPRefresh),
 		SourceAddr:     cfg.nodeAddr,
-		OnMaster:       func() { slog.Warn("vrrp master: this node owns the vip", "vip", cfg.vip) },
+		OnMaster: func() {
+			rec.VRRPTransition("master")
+			slog.Warn("vrrp master: this node owns the vip", "vip", cfg.vip)
+		},
 		OnBackup: func() {
+			rec.VRRPTransition("backup")
 			if err := dp.DropLease(); err != nil {
 				slog.Error("dropping vip lease", "err", err)
 			}

@@ -15,6 +15,7 @@ const (
 	PostgresPort = 5432
 	PortRW       = 3000 // VIP port of the read/write service
 	PortRO       = 3001 // VIP port of the read-only service
+	HTTPPort     = 8080 // each LB host's /stats, /metrics, /healthz, /readyz, on its own address
 )
 
 // ReplicationUser (LOGIN REPLICATION, nothing else) is the role the lab's

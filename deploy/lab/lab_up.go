@@ -406,6 +406,7 @@ func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 	fmt.Fprintf(&b, "postgres:\n  user: %s\n  database: %s\n  password_file: %s\n", User, Database, pwPath)
 	fmt.Fprintf(&b, "  admin_user: %s\n  admin_password_file: %s\n", AdminUser, adminPwPath)
 	fmt.Fprintf(&b, "failover: true\nsynchronous: %t\n", u.opts.Synchronous)
+	fmt.Fprintf(&b, "http:\n  listen: %v\n", netip.AddrPortFrom(n.Addr.Addr(), HTTPPort))
 	if u.vrrp() {
 		u.writeVRRPConfig(&b, n.Name)
 	}
