@@ -1,0 +1,70 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+)
+
+// ErrRemoveWriter means a reconfiguration would remove the node that
+// takes writes.
+var ErrRemoveWriter = errors.New("cannot remove the writer")
+
+// ErrSynchronousChange means a reconfiguration would turn synchronous mode
+// on or off, which only a restart does.
+var ErrSynchronousChange = errors.New("synchronous mode changes only at start")
+
+// Reconfigure replaces the controller's rules and nodes while it runs. A
+// node that keeps its name and address keeps what is known of it (its
+// health, role and pools, so its flows stay); a new node, or one whose
+// address changed, starts unknown and enters a pool once probed; a
+// removed node leaves every pool and its flows are cut. It changes nothing
+// and returns an error wrapping ErrBusy while a failover or switchover
+// runs, ErrRemoveWriter when the writer would go, and
+// ErrSynchronousChange when cfg.Synchronous differs.
+func (c *Controller) Reconfigure(cfg Config, nodes []Node) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.busy || c.syncBusy {
+		return fmt.Errorf("reconfiguring: %w", ErrBusy)
+	}
+	if cfg.Synchronous != c.cfg.Synchronous {
+		return fmt.Errorf("reconfiguring: %w", ErrSynchronousChange)
+	}
+	var members []*Member
+	for _, n := range nodes {
+		m := c.member(n.Name)
+		if m == nil || m.Addr != n.Addr {
+			slog.Info("node added", "node", n.Name, "addr", n.Addr)
+			m = &Member{Node: n, Role: RoleUnknown, Health: HealthUnknown}
+		}
+		m.Priority = n.Priority
+		members = append(members, m)
+	}
+	if c.writer != nil && !slices.Contains(members, c.writer) {
+		return fmt.Errorf("reconfiguring: %s: %w", c.writer.Name, ErrRemoveWriter)
+	}
+	for _, m := range c.members {
+		if !slices.Contains(members, m) {
+			slog.Warn("node removed", "node", m.Name, "addr", m.Addr)
+		}
+	}
+	// Keep what New defaulted when the new rules leave it out.
+	if cfg.Fall <= 0 {
+		cfg.Fall = 3
+	}
+	if cfg.Rise <= 0 {
+		cfg.Rise = 2
+	}
+	if cfg.ActionTimeout <= 0 {
+		cfg.ActionTimeout = c.cfg.ActionTimeout
+	}
+	if cfg.WitnessInterval <= 0 {
+		cfg.WitnessInterval = c.cfg.WitnessInterval
+	}
+	c.cfg = cfg
+	c.members = members
+	// A removed node's address is in no decision now: apply cuts it.
+	return c.apply()
+}
