@@ -46,6 +46,7 @@ type Config struct {
 	snat          loader.PortRange
 	mode          loader.Mode
 	nodes         []netip.AddrPort
+	path          string // the file LoadConfig read
 }
 
 // PortsConfig holds the VIP's service ports.
@@ -127,7 +128,12 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, &ConfigError{Field: "--config", Err: err}
 	}
-	return parseConfig(b)
+	c, err := parseConfig(b)
+	if err != nil {
+		return nil, err
+	}
+	c.path = path
+	return c, nil
 }
 
 var yamlFieldRe = regexp.MustCompile(`field (\S+) not found in type main\.(\w+)`)

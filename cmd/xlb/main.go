@@ -21,11 +21,20 @@ func main() {
 // run runs the CLI and returns the exit code: 2 for a bad configuration,
 // 1 for any other error.
 func run(args []string, stderr io.Writer) int {
+	return runWith(args, os.Stdout, stderr)
+}
+
+// runWith is run with the commands' output going to stdout.
+func runWith(args []string, stdout, stderr io.Writer) int {
 	app := &cli.App{
-		Name:  "xlb",
-		Usage: "PostgreSQL high availability behind one address, forwarded by XDP",
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		EnableBashCompletion: true,
+		Name:                 "xlb",
+		Usage:                "PostgreSQL high availability behind one address, forwarded by XDP",
 		Commands: []*cli.Command{
 			runCommand,
+			configCommand,
 			backendsCommand,
 			statusCommand,
 			switchoverCommand,

@@ -32,15 +32,11 @@ var runCommand = &cli.Command{
 		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: "/etc/xlb/xlb.yaml", Usage: "configuration file"},
 		&cli.BoolFlag{Name: "unload-on-exit", Usage: "detach and unpin the datapath on exit (default: keep it, so a restart keeps every flow)"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
+		logLevelFlag,
 	},
 	Action: func(c *cli.Context) error {
-		switch c.String("log-format") {
-		case "json":
-			slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, nil)))
-		case "text":
-			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
-		default:
-			return &ConfigError{Field: "--log-format", Err: fmt.Errorf("%q: want text or json", c.String("log-format"))}
+		if err := setupLogging(os.Stderr, c.String("log-format"), c.String("log-level")); err != nil {
+			return err
 		}
 		cfg, err := LoadConfig(c.String("config"))
 		if err != nil {
@@ -77,6 +73,14 @@ type daemon struct {
 	leaseErr *atomic.Pointer[string]
 	// rec counts probes, state changes and VRRP transitions for /metrics.
 	rec *web.Recorder
+	// The controller's rules and the probe targets as last applied, and
+	// what reload needs to restart the probes (reload.go).
+	ctlCfg        control.Config
+	targets       []health.Target
+	waker         *health.Waker
+	stopWatch     context.CancelFunc
+	watchExited   chan struct{}
+	targetsByName *atomic.Pointer[map[string]health.Target]
 }
 
 // secrets are PostgreSQL credentials; never logged.
@@ -163,8 +167,11 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	for _, t := range targets {
 		byName[t.Name] = t
 	}
+	// Reload replaces the targets (reload.go).
+	var targetsByName atomic.Pointer[map[string]health.Target]
+	targetsByName.Store(&byName)
 	waker := health.NewWaker()
-	ctl := control.New(control.Config{
+	ctlCfg := control.Config{
 		Fall:             cfg.Probe.Fall,
 		Rise:             cfg.Probe.Rise,
 		MaxReadLag:       time.Duration(*cfg.MaxReadLag),
@@ -174,7 +181,8 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Synchronous:      cfg.Synchronous,
 		ActionTimeout:    actionTimeout,
 		Known:            known,
-	}, nodes, control.Options{
+	}
+	ctl := control.New(ctlCfg, nodes, control.Options{
 		Datapath: &poolWriter{dp: dp, kicker: kicker, owner: owner},
 		Promoter: postgres.NewActions(health.Login{User: admin.user, Database: cfg.Postgres.Database,
 			Password: admin.password, TLS: cfg.Postgres.TLS}, 5*time.Second),
@@ -193,11 +201,12 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Now:      time.Now,
 		Remember: func(d control.Durable) { saveState(cfg.StateFile, d) },
 		Reprobe: func(ctx context.Context, ns []control.Node) []control.Observation {
-			return reprobe(ctx, ns, byName, time.Duration(cfg.Probe.Timeout))
+			return reprobe(ctx, ns, *targetsByName.Load(), time.Duration(cfg.Probe.Timeout))
 		},
 	})
 	ctlRef.Store(ctl)
-	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr, rec: rec}
+	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr, rec: rec,
+		ctlCfg: ctlCfg, targets: targets, waker: waker, targetsByName: &targetsByName}
 
 	srv, err := serveAPI(cfg.Socket, d)
 	if err != nil {
@@ -209,17 +218,22 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	}
 
 	obs := make(chan health.Observation, 64)
-	go health.WatchWith(ctx, targets, health.WatchOptions{
+	d.watch(ctx, targets, health.WatchOptions{
 		Interval: time.Duration(cfg.Probe.Interval),
 		Timeout:  time.Duration(cfg.Probe.Timeout),
 		Waker:    waker,
 	}, obs)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	slog.Info("xlb running", "nodes", len(nodes), "socket", cfg.Socket, "version", version)
 	for {
 		select {
 		case <-ctx.Done():
 			slog.Info("stopping", "unload", unload)
 			return nil
+		case <-hup:
+			d.reload(ctx, obs)
 		case o := <-obs:
 			if err := ctl.Observe(toControl(o)); err != nil {
 				slog.Error("applying decision", "node", o.Node, "err", err)

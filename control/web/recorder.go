@@ -96,3 +96,14 @@ func (r *Recorder) Collect(ch chan<- prometheus.Metric) {
 	r.probeFailures.Collect(ch)
 	r.transitions.Collect(ch)
 }
+
+// Forget drops member's series and state, for a member the configuration
+// no longer has.
+func (r *Recorder) Forget(member string) {
+	r.probeDuration.DeleteLabelValues(member)
+	r.probeFailures.DeleteLabelValues(member)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.states, member)
+	delete(r.changed, member)
+}
