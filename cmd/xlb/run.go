@@ -223,6 +223,8 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Timeout:  time.Duration(cfg.Probe.Timeout),
 		Waker:    waker,
 	}, obs)
+	sd := newSDNotifier()
+	defer sd.stopping()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -234,11 +236,14 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 			return nil
 		case <-hup:
 			d.reload(ctx, obs)
+		case <-sd.tick:
+			sd.watchdog()
 		case o := <-obs:
 			if err := ctl.Observe(toControl(o)); err != nil {
 				slog.Error("applying decision", "node", o.Node, "err", err)
 			}
 			d.recordObservation(o.Node, o.Latency, o.Err == nil)
+			sd.observed(ctl.Members())
 		}
 	}
 }

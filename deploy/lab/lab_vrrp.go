@@ -308,3 +308,7 @@ func RestartDaemon(prefix, lb string) (int, error) {
 	}
 	return pid, nil
 }
+
+// DaemonConfig returns the path of the configuration file Up wrote for the
+// daemon on lb (a test may edit it and send SIGHUP).
+func DaemonConfig(prefix, lb string) string { return daemonConfigPath(prefix, lb) }
