@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -22,14 +23,21 @@ import (
 
 // BackendView is one row of `xlb backends`.
 type BackendView struct {
-	Member    string           `json:"member"`
-	Host      string           `json:"host"`
-	Role      string           `json:"role"`
-	State     string           `json:"state"`
-	Timeline  uint32           `json:"timeline"`
-	ReplayLSN string           `json:"replay_lsn"`
-	WALLSN    string           `json:"wal_lsn,omitempty"`
-	LagMS     int64            `json:"lag_ms"`
+	Member    string `json:"member"`
+	Host      string `json:"host"`
+	Role      string `json:"role"`
+	State     string `json:"state"`
+	Timeline  uint32 `json:"timeline"`
+	ReplayLSN string `json:"replay_lsn"`
+	WALLSN    string `json:"wal_lsn,omitempty"`
+	LagMS     int64  `json:"lag_ms"`
+	// LagBytes is how far the member's replay is behind the writer's WAL
+	// position; 0 on the writer and when unknown.
+	LagBytes uint64 `json:"lag_bytes"`
+	// Synchronous: a synchronous standby as xlb last set them.
+	Synchronous bool `json:"synchronous"`
+	// LBHost is the address of the LB host whose daemon answered.
+	LBHost    string           `json:"lb_host"`
 	Pools     []string         `json:"pools"`
 	Flows     int              `json:"active_flows"`
 	Packets   uint64           `json:"packets"`
@@ -78,7 +86,10 @@ func (d *daemon) backends() ([]BackendView, error) {
 		}
 	}
 	var out []BackendView
-	for _, m := range d.ctl.Members() {
+	members := d.ctl.Members()
+	cs := d.ctl.Status()
+	lag := lagBytes(members, cs.Writer)
+	for _, m := range members {
 		v := BackendView{
 			Member:    m.Name,
 			Host:      m.Addr.String(),
@@ -91,7 +102,10 @@ func (d *daemon) backends() ([]BackendView, error) {
 			LastError: m.LastError,
 			Drained:   m.Drained,
 			Pools:     []string{},
+			LagBytes:  lag[m.Name],
+			LBHost:    d.cfg.NodeAddress,
 		}
+		v.Synchronous = slices.Contains(cs.SyncStandbys, m.Name)
 		if m.Drained {
 			v.State = "drained"
 		}

@@ -22,22 +22,25 @@ var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON for programs"}
 var backendsCommand = &cli.Command{
 	Name:  "backends",
 	Usage: "list the PostgreSQL members, their roles and pools",
-	Flags: []cli.Flag{socketFlag, jsonFlag},
+	Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag, jsonFlag},
 	Action: func(c *cli.Context) error {
 		var v []BackendView
-		if err := newClient(c.String("socket")).do("GET", "/v1/backends", &v); err != nil {
+		if err := mustClient(c).do("GET", "/v1/backends", &v); err != nil {
 			return err
 		}
 		if c.Bool("json") {
 			return writeJSON(c.App.Writer, v)
 		}
+		if len(v) > 0 && v[0].LBHost != "" {
+			fmt.Fprintf(c.App.Writer, "asked xlb on %s (%s)\n", v[0].LBHost, socketOf(c))
+		}
 		printBackends(c.App.Writer, v, time.Now())
 		return nil
 	},
 	Subcommands: []*cli.Command{
-		{Name: "drain", Usage: "stop new flows to a member (existing flows stay)", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag},
+		{Name: "drain", Usage: "stop new flows to a member (existing flows stay)", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag},
 			Action: func(c *cli.Context) error { return memberAction(c, "drain") }},
-		{Name: "enable", Usage: "undo drain", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag},
+		{Name: "enable", Usage: "undo drain", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag},
 			Action: func(c *cli.Context) error { return memberAction(c, "enable") }},
 	},
 }
@@ -47,7 +50,7 @@ func memberAction(c *cli.Context, action string) error {
 		return fmt.Errorf("usage: xlb backends %s MEMBER", action)
 	}
 	name := c.Args().First()
-	if err := newClient(c.String("socket")).do("POST", "/v1/backends/"+name+"/"+action, nil); err != nil {
+	if err := mustClient(c).do("POST", "/v1/backends/"+name+"/"+action, nil); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "%s: %sd\n", name, strings.TrimSuffix(action, "e"))
@@ -57,10 +60,10 @@ func memberAction(c *cli.Context, action string) error {
 var switchoverCommand = &cli.Command{
 	Name:  "switchover",
 	Usage: "hand the primary role to a replica without losing a commit",
-	Flags: []cli.Flag{socketFlag, jsonFlag, &cli.StringFlag{Name: "to", Required: true, Usage: "the replica to promote"}},
+	Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag, jsonFlag, &cli.StringFlag{Name: "to", Required: true, Usage: "the replica to promote"}},
 	Action: func(c *cli.Context) error {
 		var ev control.Event
-		cl := newClient(c.String("socket"))
+		cl := mustClient(c)
 		// At least as long as the daemon may take: a switchover whose
 		// promotion was sent completes whatever happens to this request.
 		cl.http.Timeout = switchoverWait + actionTimeout + 5*time.Second
@@ -82,10 +85,10 @@ var switchoverCommand = &cli.Command{
 var statusCommand = &cli.Command{
 	Name:  "status",
 	Usage: "show the datapath: mode, interface, VIP, counters, drops by reason",
-	Flags: []cli.Flag{socketFlag, jsonFlag},
+	Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag, jsonFlag},
 	Action: func(c *cli.Context) error {
 		var v StatusView
-		if err := newClient(c.String("socket")).do("GET", "/v1/status", &v); err != nil {
+		if err := mustClient(c).do("GET", "/v1/status", &v); err != nil {
 			return err
 		}
 		if c.Bool("json") {
@@ -104,15 +107,19 @@ func writeJSON(w io.Writer, v any) error {
 
 func printBackends(w io.Writer, rows []BackendView, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tHOST\tROLE\tSTATE\tTL\tREPLAY LSN\tLAG\tPOOLS\tFLOWS\tPACKETS\tBYTES\tLAST CHECK")
+	fmt.Fprintln(tw, "MEMBER\tHOST\tROLE\tSTATE\tTL\tREPLAY LSN\tLAG\tLAG BYTES\tSYNC\tPOOLS\tFLOWS\tPACKETS\tBYTES\tLAST CHECK")
 	for _, r := range rows {
 		lsn := r.ReplayLSN
 		if r.Role == "primary" {
 			lsn = r.WALLSN
 		}
-		lag := "-"
+		lag, lagBytes, sync := "-", "-", "-"
 		if r.Role == "replica" {
 			lag = (time.Duration(r.LagMS) * time.Millisecond).String()
+			lagBytes = humanBytes(r.LagBytes)
+		}
+		if r.Synchronous {
+			sync = "sync"
 		}
 		pools := strings.Join(r.Pools, ",")
 		if pools == "" {
@@ -122,8 +129,8 @@ func printBackends(w io.Writer, rows []BackendView, now time.Time) {
 		if !r.LastCheck.IsZero() {
 			check = now.Sub(r.LastCheck).Round(time.Millisecond).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.Member, r.Host, r.Role, r.State,
-			r.Timeline, dash(lsn), lag, pools, r.Flows, r.Packets, humanBytes(r.Bytes), check)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.Member, r.Host, r.Role, r.State,
+			r.Timeline, dash(lsn), lag, lagBytes, sync, pools, r.Flows, r.Packets, humanBytes(r.Bytes), check)
 	}
 	tw.Flush()
 	for _, r := range rows {

@@ -35,6 +35,7 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 		Commands: []*cli.Command{
 			runCommand,
 			configCommand,
+			completionCommand,
 			backendsCommand,
 			statusCommand,
 			switchoverCommand,

@@ -125,12 +125,7 @@ func (d *daemon) snapshot() (web.Snapshot, error) {
 	cs := d.ctl.Status()
 	s.Writer, s.NoWriterReason, s.Timeline, s.Synchronous, s.Events = cs.Writer, cs.NoWriterReason, cs.Timeline, cs.Synchronous, cs.Events
 	members := d.ctl.Members()
-	var writerLSN uint64
-	for _, m := range members {
-		if m.Name == cs.Writer {
-			writerLSN = m.WALLSN
-		}
-	}
+	lag := lagBytes(members, cs.Writer)
 	for _, m := range members {
 		wm := web.Member{
 			Name: m.Name, Addr: m.Addr.String(), Role: string(m.Role), Health: string(m.Health),
@@ -139,9 +134,7 @@ func (d *daemon) snapshot() (web.Snapshot, error) {
 			Active: use.ActiveByBackend[m.Addr], Counters: webCounters(st.Backends[m.Addr]),
 			Latency: m.Latency, LastCheck: m.LastCheck, LastChange: d.rec.LastChange(m.Name), LastError: m.LastError,
 		}
-		if m.Role == control.RoleReplica && writerLSN > m.ReplayLSN && m.ReplayLSN != 0 {
-			wm.LagBytes = writerLSN - m.ReplayLSN
-		}
+		wm.LagBytes = lag[m.Name]
 		for _, p := range m.Pools {
 			wm.Pools = append(wm.Pools, p.String())
 		}
@@ -187,6 +180,24 @@ func nodeNames(cfg *Config) []string {
 	var out []string
 	for _, n := range cfg.Nodes {
 		out = append(out, n.Name)
+	}
+	return out
+}
+
+// lagBytes returns, by member name, how many bytes of WAL each replica's
+// replay is behind the writer's last known position (absent when unknown).
+func lagBytes(members []control.Member, writer string) map[string]uint64 {
+	var pos uint64
+	for _, m := range members {
+		if m.Name == writer {
+			pos = m.WALLSN
+		}
+	}
+	out := map[string]uint64{}
+	for _, m := range members {
+		if m.Role == control.RoleReplica && m.ReplayLSN != 0 && pos > m.ReplayLSN {
+			out[m.Name] = pos - m.ReplayLSN
+		}
 	}
 	return out
 }
