@@ -248,3 +248,15 @@ func labExec(c *cli.Context) error {
 	}
 	return err
 }
+
+// labSocket returns the control socket of the LB host lb in the lab named
+// by prefix (for --lab); it warns on stderr when lb is no lab host.
+func labSocket(c *cli.Context, prefix, lb string) string {
+	if _, err := lab.LabHosts(lb); err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "xlb: --lab %s: %v\n", lb, err)
+	}
+	return lab.Socket(prefix, lb)
+}
+
+// defaultLabSocket is lb1's control socket in the lab `make lab` builds.
+func defaultLabSocket() string { return lab.Socket(lab.Prefix, "lb1") }

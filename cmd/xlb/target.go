@@ -1,12 +1,9 @@
 package main
 
 import (
-	"fmt"
 	"os"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/xlb-dev/xlb/deploy/lab"
 )
 
 var labHostFlag = &cli.StringFlag{Name: "lab", Usage: "ask the daemon on this LB host of the lab (lb1, lb2) instead of --socket", EnvVars: []string{"XLB_LAB"}}
@@ -17,15 +14,13 @@ var labHostFlag = &cli.StringFlag{Name: "lab", Usage: "ask the daemon on this LB
 // runs, whose lb1 answers then (so `xlb backends` works after `make lab`).
 func socketOf(c *cli.Context) string {
 	if lb := c.String("lab"); lb != "" {
-		return lab.Socket(c.String("prefix"), lb)
+		return labSocket(c, c.String("prefix"), lb)
 	}
-	if c.IsSet("socket") {
+	if c.IsSet("socket") || exists(defaultSocket) {
 		return c.String("socket")
 	}
-	if _, err := os.Stat(defaultSocket); err != nil {
-		if s := lab.Socket(lab.Prefix, "lb1"); exists(s) {
-			return s
-		}
+	if s := defaultLabSocket(); exists(s) {
+		return s
 	}
 	return c.String("socket")
 }
@@ -35,13 +30,5 @@ func exists(path string) bool {
 	return err == nil
 }
 
-// mustClient returns a client for socketOf(c). An unknown --lab host is
-// reported by the failing request, naming the socket.
-func mustClient(c *cli.Context) *client {
-	if lb := c.String("lab"); lb != "" {
-		if _, err := lab.LabHosts(lb); err != nil {
-			fmt.Fprintf(c.App.ErrWriter, "xlb: --lab %s: %v\n", lb, err)
-		}
-	}
-	return newClient(socketOf(c))
-}
+// mustClient returns a client for socketOf(c).
+func mustClient(c *cli.Context) *client { return newClient(socketOf(c)) }
