@@ -54,7 +54,6 @@ func TestUnitSettings(t *testing.T) {
 		"Type=notify", "WatchdogSec=", "RestartPreventExitStatus=2", "NoNewPrivileges=yes",
 		"ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "ReadWritePaths=/run/xlb /sys/fs/bpf",
 		"LoadCredential=pgpassword:", "CapabilityBoundingSet=", "ExecReload=/bin/kill -HUP $MAINPID",
-		"ExecStartPre=/usr/local/bin/xlb config check",
 	} {
 		if !strings.Contains(string(b), "\n"+want) {
 			t.Errorf("xlb.service lacks a line starting %q", want)
