@@ -331,6 +331,9 @@ func startBrowser(t *testing.T, ctx context.Context, bin string, ns *lab.Namespa
 		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1600, 1000),
 		chromedp.ProxyServer("http://"+ln.Addr().String()),
 		chromedp.Flag("proxy-bypass-list", "<-loopback>"),
+		// No name resolves: nothing leaves for the internet even if
+		// something in the browser tried.
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"),
 	)
 	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
 	bctx, cancelB := chromedp.NewContext(actx)
