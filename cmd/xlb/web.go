@@ -123,6 +123,7 @@ func (d *daemon) snapshot() (web.Snapshot, error) {
 		})
 	}
 	cs := d.ctl.Status()
+	d.rec.Events(cs.Events)
 	s.Writer, s.NoWriterReason, s.Timeline, s.Synchronous, s.Events = cs.Writer, cs.NoWriterReason, cs.Timeline, cs.Synchronous, cs.Events
 	members := d.ctl.Members()
 	lag := lagBytes(members, cs.Writer)
@@ -169,6 +170,7 @@ func webCounters(c loader.Counters) web.Counters {
 // after the controller took it.
 func (d *daemon) recordObservation(name string, latency time.Duration, ok bool) {
 	d.rec.Probe(name, latency, ok)
+	d.rec.Events(d.ctl.Status().Events)
 	for _, m := range d.ctl.Members() {
 		if m.Name == name {
 			d.rec.State(name, memberState(m), time.Now())

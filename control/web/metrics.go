@@ -58,8 +58,6 @@ var (
 
 	writerKnown = desc("xlb_writer_known", "1 when a writer (primary) is in the read/write pool.")
 	timeline    = desc("xlb_cluster_timeline", "The newest PostgreSQL timeline seen or made.")
-	failovers   = desc("xlb_failovers_total", "Automatic failovers, by outcome.", "outcome")
-	switchovers = desc("xlb_switchovers_total", "Planned switchovers, by outcome.", "outcome")
 	lastOutage  = desc("xlb_last_outage_seconds", "How long the last failover or switchover left the cluster without a writer.")
 
 	vrrpState    = desc("xlb_vrrp_state", "1 for this host's VRRP state.", "state")
@@ -80,7 +78,7 @@ var (
 var allDescs = []*prometheus.Desc{buildInfo, svcPackets, svcBytes, svcNewFlows, svcActive, svcRSTs, svcDrops,
 	svcBackends, globalDrops, bePackets, beBytes, beNewFlows, beActive, beRSTs, beDrops, memUp, memRole,
 	memFenced, memDrained, memTimeline, memLagSec, memLagBytes, memSync, memPool, memCheck, memChange,
-	writerKnown, timeline, failovers, switchovers, lastOutage, vrrpState, vrrpPriority, vipOwner, dpAttached,
+	writerKnown, timeline, lastOutage, vrrpState, vrrpPriority, vipOwner, dpAttached,
 	dpLease, dpEntries, dpCapacity, dpFill, dpSNATUse, dpSNATCap, scrapeErr}
 
 // Describe implements prometheus.Collector.
@@ -159,26 +157,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 	gauge(writerKnown, b2f(s.Writer != ""))
 	gauge(timeline, float64(s.Timeline))
-	outcomes := map[string]map[string]uint64{
-		"failover":   {"success": 0, "failure": 0},
-		"switchover": {"success": 0, "failure": 0},
-	}
 	var outage float64
 	for _, e := range s.Events {
-		o := "success"
-		if e.Err != "" {
-			o = "failure"
-		}
-		if k, ok := outcomes[e.Kind]; ok {
-			k[o]++
-		}
 		if e.Err == "" {
 			outage = e.Took.Seconds()
 		}
-	}
-	for _, o := range []string{"success", "failure"} {
-		counter(failovers, outcomes["failover"][o], o)
-		counter(switchovers, outcomes["switchover"][o], o)
 	}
 	gauge(lastOutage, outage)
 
@@ -211,7 +194,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 // process collectors aside), sorted.
 func MetricNames() []string {
 	out := slices.Clone(exported)
-	out = append(out, "xlb_probe_duration_seconds", "xlb_probe_failures_total", "xlb_vrrp_transitions_total")
+	out = append(out, "xlb_probe_duration_seconds", "xlb_probe_failures_total", "xlb_vrrp_transitions_total",
+		"xlb_failovers_total", "xlb_switchovers_total")
 	slices.Sort(out)
 	return out
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xlb-dev/xlb/control"
 )
 
 // Recorder counts what happens between scrapes: probe durations and
@@ -14,10 +16,12 @@ type Recorder struct {
 	probeDuration *prometheus.HistogramVec
 	probeFailures *prometheus.CounterVec
 	transitions   *prometheus.CounterVec
+	events        map[string]*prometheus.CounterVec // by kind: failover, switchover
 
-	mu      sync.Mutex
-	states  map[string]string
-	changed map[string]time.Time
+	mu       sync.Mutex
+	states   map[string]string
+	changed  map[string]time.Time
+	lastSeen time.Time // the newest event counted
 }
 
 // NewRecorder returns a Recorder with every series of members at zero.
@@ -36,6 +40,16 @@ func NewRecorder(members []string) *Recorder {
 			Name: "xlb_vrrp_transitions_total",
 			Help: "VRRP state changes of this host, by the state entered.",
 		}, []string{"state"}),
+		events: map[string]*prometheus.CounterVec{
+			"failover": prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "xlb_failovers_total",
+				Help: "Automatic failovers this daemon ran, by outcome.",
+			}, []string{"outcome"}),
+			"switchover": prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "xlb_switchovers_total",
+				Help: "Planned switchovers this daemon ran, by outcome.",
+			}, []string{"outcome"}),
+		},
 		states:  map[string]string{},
 		changed: map[string]time.Time{},
 	}
@@ -45,6 +59,11 @@ func NewRecorder(members []string) *Recorder {
 	}
 	for _, s := range []string{"master", "backup"} {
 		r.transitions.WithLabelValues(s)
+	}
+	for _, v := range r.events {
+		for _, o := range []string{"success", "failure"} {
+			v.WithLabelValues(o)
+		}
 	}
 	return r
 }
@@ -83,8 +102,32 @@ func (r *Recorder) VRRPTransition(state string) {
 	r.transitions.WithLabelValues(state).Inc()
 }
 
+// Events counts the failovers and switchovers in evs (oldest first) that
+// are newer than any counted before. The controller keeps only its latest
+// events: call it more often than those fill (every observation does).
+func (r *Recorder) Events(evs []control.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range evs {
+		if !e.Time.After(r.lastSeen) {
+			continue
+		}
+		r.lastSeen = e.Time
+		o := "success"
+		if e.Err != "" {
+			o = "failure"
+		}
+		if v, ok := r.events[e.Kind]; ok {
+			v.WithLabelValues(o).Inc()
+		}
+	}
+}
+
 // Describe implements prometheus.Collector.
 func (r *Recorder) Describe(ch chan<- *prometheus.Desc) {
+	for _, v := range r.events {
+		v.Describe(ch)
+	}
 	r.probeDuration.Describe(ch)
 	r.probeFailures.Describe(ch)
 	r.transitions.Describe(ch)
@@ -92,6 +135,9 @@ func (r *Recorder) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (r *Recorder) Collect(ch chan<- prometheus.Metric) {
+	for _, v := range r.events {
+		v.Collect(ch)
+	}
 	r.probeDuration.Collect(ch)
 	r.probeFailures.Collect(ch)
 	r.transitions.Collect(ch)

@@ -57,6 +57,8 @@ func newTestServer(t *testing.T, snap Snapshot, err error) *httptest.Server {
 	rec.Probe("pg1", 2*time.Millisecond, true)
 	rec.Probe("pg3", 0, false)
 	rec.VRRPTransition("master")
+	rec.Events(snap.Events)
+	rec.Events(snap.Events) // counted once
 	s, nerr := New(SourceFunc(func() (Snapshot, error) { return snap, err }), rec, Options{})
 	if nerr != nil {
 		t.Fatal(nerr)
@@ -235,4 +237,26 @@ func requireTool(t testing.TB, name string) string {
 	}
 	t.Skipf("%s not found", name)
 	return ""
+}
+
+// TestRecorderEvents counts each event once, also when the controller's
+// list drops its oldest ones.
+func TestRecorderEvents(t *testing.T) {
+	ev := func(min int, kind, err string) control.Event {
+		return control.Event{Time: t0.Add(time.Duration(min) * time.Minute), Kind: kind, Err: err}
+	}
+	rec := NewRecorder(nil)
+	rec.Events([]control.Event{ev(1, "failover", ""), ev(2, "switchover", "")})
+	rec.Events([]control.Event{ev(2, "switchover", ""), ev(3, "failover", "boom")}) // ev 1 dropped
+	rec.Events([]control.Event{ev(3, "failover", "boom"), ev(4, "failover", "")})
+	got := map[string]float64{}
+	for _, k := range []string{"failover", "switchover"} {
+		for _, o := range []string{"success", "failure"} {
+			got[k+" "+o] = testutil.ToFloat64(rec.events[k].WithLabelValues(o))
+		}
+	}
+	want := map[string]float64{"failover success": 2, "failover failure": 1, "switchover success": 1, "switchover failure": 0}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("counted events (-want +got):\n%s", diff)
+	}
 }
