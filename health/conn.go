@@ -169,3 +169,29 @@ func Connect(ctx context.Context, host string, port uint16, l Login, timeout tim
 	}
 	return conn, err
 }
+
+// CheckRole connects to t and checks that its role has what the probes
+// need: membership in pg_monitor (or pg_read_all_stats, or superuser). It
+// returns an error wrapping ErrPrivilege when the role lacks it, an error
+// naming t when t cannot be reached or asked (the role unchecked), and
+// superuser true when the role is a superuser (the probes need none).
+func CheckRole(ctx context.Context, t Target, timeout time.Duration) (superuser bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := Connect(ctx, t.Addr.Addr().String(), t.Addr.Port(),
+		Login{User: t.User, Database: t.Database, Password: t.Password, TLS: t.TLS}, timeout)
+	if err != nil {
+		return false, fmt.Errorf("connecting to %s (%v): %w", t.Name, t.Addr, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var monitor bool
+	err = conn.QueryRow(ctx, `SELECT rolsuper, pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+		FROM pg_roles WHERE rolname = current_user`).Scan(&superuser, &monitor)
+	if err != nil {
+		return false, fmt.Errorf("reading the rights of role %s on %s: %w", t.User, t.Name, err)
+	}
+	if !monitor {
+		return superuser, fmt.Errorf("role %s on %s: %w", t.User, t.Name, ErrPrivilege)
+	}
+	return superuser, nil
+}

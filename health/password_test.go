@@ -14,13 +14,17 @@ import (
 func TestPasswordFrom(t *testing.T) {
 	const secret = "s3cret:pw"
 	dir := t.TempDir()
-	write := func(name, content string) string {
+	writeMode := func(name, content string, mode os.FileMode) string {
 		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the umask
 			t.Fatal(err)
 		}
 		return p
 	}
+	write := func(name, content string) string { return writeMode(name, content, 0o600) }
 	tests := []struct {
 		name    string
 		file    string
@@ -36,6 +40,9 @@ func TestPasswordFrom(t *testing.T) {
 		{name: "file keeps spaces", file: write("sp", " "+secret+" \n"), want: " " + secret + " "},
 		{name: "file wins over env", file: write("win", secret), env: map[string]string{"XLB_TEST_PW": "other"}, names: []string{"XLB_TEST_PW"}, want: secret},
 		{name: "empty file", file: write("empty", "\n"), wantErr: ErrNoPassword, errHas: "empty"},
+		{name: "group readable", file: writeMode("group", secret, 0o640), wantErr: ErrPasswordFileMode, errHas: "chmod 600"},
+		{name: "world readable", file: writeMode("world", secret, 0o604), wantErr: ErrPasswordFileMode, errHas: "chmod 600"},
+		{name: "owner read only", file: writeMode("ro", secret, 0o400), want: secret},
 		{name: "missing file", file: filepath.Join(dir, "missing"), wantErr: fs.ErrNotExist, errHas: filepath.Join(dir, "missing")},
 		{name: "first env", env: map[string]string{"XLB_TEST_PW": secret, "XLB_TEST_PW2": "other"}, names: []string{"XLB_TEST_PW", "XLB_TEST_PW2"}, want: secret},
 		{name: "second env", env: map[string]string{"XLB_TEST_PW2": secret}, names: []string{"XLB_TEST_PW", "XLB_TEST_PW2"}, want: secret},

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"os"
@@ -155,6 +156,31 @@ func TestTLS(t *testing.T) {
 			t.Logf("probe session: ssl %v, %s", ssl, version)
 		})
 	}
+
+	// CheckRole, over TLS: the lab's probe role has pg_monitor, a role
+	// without it is refused with ErrPrivilege, the admin role is a
+	// superuser.
+	t.Run("CheckRole", func(t *testing.T) {
+		tg := target
+		tg.TLS = TLS{SSLMode: "verify-full", SSLRootCert: caFile}
+		if super, err := CheckRole(ctx, tg, 5*time.Second); err != nil || super {
+			t.Errorf("CheckRole(%s) = %v, %v; want no superuser, nil", tg.User, super, err)
+		}
+		if _, err := super.Exec(ctx, "CREATE ROLE nomon LOGIN PASSWORD 'nomon-pw'; GRANT CONNECT ON DATABASE \"ramos-test-db\" TO nomon"); err != nil {
+			t.Fatal(err)
+		}
+		nomon := tg
+		nomon.User, nomon.Password = "nomon", "nomon-pw"
+		_, err := CheckRole(ctx, nomon, 5*time.Second)
+		if !errors.Is(err, ErrPrivilege) || !strings.Contains(err.Error(), "pg_monitor") {
+			t.Errorf("CheckRole(nomon) = %v, want ErrPrivilege naming pg_monitor", err)
+		}
+		admin := tg
+		admin.User, admin.Password, admin.Database = lab.AdminUser, lab.ProcessSecrets().AdminPassword, "postgres"
+		if super, err := CheckRole(ctx, admin, 5*time.Second); err != nil || !super {
+			t.Errorf("CheckRole(%s) = %v, %v; want superuser, nil", admin.User, super, err)
+		}
+	})
 
 	// A certificate that names another address fails verify-full, and
 	// says so, but passes verify-ca.

@@ -87,6 +87,19 @@ type daemon struct {
 type secrets struct{ user, password string }
 
 func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets, unload bool) error {
+	nodes := make([]control.Node, len(cfg.Nodes))
+	targets := make([]health.Target, len(cfg.Nodes))
+	for i, n := range cfg.Nodes {
+		nodes[i] = control.Node{Name: n.Name, Addr: cfg.nodes[i], Priority: n.Priority}
+		targets[i] = health.Target{Name: n.Name, Addr: cfg.nodes[i], User: cfg.Postgres.User,
+			Database: cfg.Postgres.Database, Password: password, TLS: cfg.Postgres.TLS}
+	}
+	actions := postgres.NewActions(health.Login{User: admin.user, Database: cfg.Postgres.Database,
+		Password: admin.password, TLS: cfg.Postgres.TLS}, 5*time.Second)
+	if err := checkRoles(ctx, cfg, targets, nodes, actions); err != nil {
+		return err
+	}
+
 	dp, err := loader.Load(loader.Config{
 		VIP:       cfg.vip,
 		PortRW:    cfg.Ports.RW,
@@ -120,13 +133,6 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	slog.Info("datapath attached", "interface", cfg.Interface, "mode", mode, "vip", cfg.vip,
 		"ports", fmt.Sprintf("%d/%d", cfg.Ports.RW, cfg.Ports.RO), "snat", cfg.SNATPorts, "pin_path", cfg.PinPath)
 
-	nodes := make([]control.Node, len(cfg.Nodes))
-	targets := make([]health.Target, len(cfg.Nodes))
-	for i, n := range cfg.Nodes {
-		nodes[i] = control.Node{Name: n.Name, Addr: cfg.nodes[i], Priority: n.Priority}
-		targets[i] = health.Target{Name: n.Name, Addr: cfg.nodes[i], User: cfg.Postgres.User,
-			Database: cfg.Postgres.Database, Password: password, TLS: cfg.Postgres.TLS}
-	}
 	rec := web.NewRecorder(nodeNames(cfg))
 	owner := func() bool { return true }
 	var leaseErr atomic.Pointer[string]
@@ -184,10 +190,9 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	}
 	ctl := control.New(ctlCfg, nodes, control.Options{
 		Datapath: &poolWriter{dp: dp, kicker: kicker, owner: owner},
-		Promoter: postgres.NewActions(health.Login{User: admin.user, Database: cfg.Postgres.Database,
-			Password: admin.password, TLS: cfg.Postgres.TLS}, 5*time.Second),
-		Wake:  waker.Wake,
-		Owner: owner,
+		Promoter: actions,
+		Wake:     waker.Wake,
+		Owner:    owner,
 		OwnerName: func() string {
 			if election == nil {
 				return ""
@@ -246,6 +251,55 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 			sd.observed(ctl.Members())
 		}
 	}
+}
+
+// checkRoles checks, on every node that answers within 3 s, that the
+// probe role has what the probes need (pg_monitor) and the administrative
+// role what promotion needs (superuser). A role that lacks a right is a
+// *ConfigError naming its field; a node that does not answer is only
+// logged (it is checked by the probes once up).
+func checkRoles(ctx context.Context, cfg *Config, targets []health.Target, nodes []control.Node, actions *postgres.Actions) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	type result struct {
+		node       string
+		probe      error
+		admin      error
+		probeSuper bool
+	}
+	results := make(chan result, len(targets))
+	for i := range targets {
+		go func() {
+			r := result{node: targets[i].Name}
+			r.probeSuper, r.probe = health.CheckRole(ctx, targets[i], 3*time.Second)
+			if cfg.Postgres.AdminUser != "" && cfg.Postgres.AdminUser != cfg.Postgres.User {
+				r.admin = actions.CheckRole(ctx, nodes[i])
+			}
+			results <- r
+		}()
+	}
+	var errs []error
+	for range targets {
+		r := <-results
+		switch {
+		case errors.Is(r.probe, health.ErrPrivilege):
+			errs = append(errs, &ConfigError{Field: "postgres.user", Err: r.probe})
+		case r.probe != nil:
+			slog.Warn("probe role not checked", "node", r.node, "err", r.probe)
+		case r.probeSuper:
+			slog.Warn("the probe role is a superuser; it needs only pg_monitor", "node", r.node, "role", cfg.Postgres.User)
+		}
+		switch {
+		case errors.Is(r.admin, postgres.ErrNotSuperuser):
+			errs = append(errs, &ConfigError{Field: "postgres.admin_user", Err: r.admin})
+		case r.admin != nil:
+			slog.Warn("admin role not checked", "node", r.node, "err", r.admin)
+		}
+	}
+	if cfg.Postgres.AdminUser == "" || cfg.Postgres.AdminUser == cfg.Postgres.User {
+		slog.Warn("no separate admin role (postgres.admin_user): promotion runs as the probe role, which then needs superuser")
+	}
+	return errors.Join(errs...)
 }
 
 func toControl(o health.Observation) control.Observation {

@@ -181,6 +181,9 @@ func (a *Actions) Follow(ctx context.Context, n, p control.Node) error {
 		// The error quotes no value: primary_conninfo may hold a password.
 		return fail("%w", err)
 	}
+	if err := dropPassword(&kv); err != nil {
+		return fail("%s: %w", n.Name, err)
+	}
 	host, port := p.Addr.Addr().String(), strconv.Itoa(int(p.Addr.Port()))
 	kv.set("host", host)
 	kv.set("port", port)
@@ -505,4 +508,30 @@ func derefInt(i *int32) int32 {
 		return 0
 	}
 	return *i
+}
+
+// ErrNotSuperuser means the administrative role is no superuser: xlb's
+// actions need ALTER SYSTEM, pg_reload_conf, pg_promote and
+// pg_terminate_backend of every session.
+var ErrNotSuperuser = errors.New("no superuser (promotion, repointing and fencing need ALTER SYSTEM, pg_promote and pg_terminate_backend of every session)")
+
+// CheckRole connects to n as the administrative role and checks that it
+// is a superuser. It returns an error wrapping ErrNotSuperuser when it is
+// not, and an error naming n when n cannot be reached or asked.
+func (a *Actions) CheckRole(ctx context.Context, n control.Node) error {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	conn, err := a.connect(ctx, n.Addr.Addr().String(), n.Addr.Port())
+	if err != nil {
+		return fmt.Errorf("checking role %s on %s: %w", a.login.User, n.Name, err)
+	}
+	defer a.close(conn)
+	var super bool
+	if err := a.queryRow(ctx, conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&super); err != nil {
+		return fmt.Errorf("checking role %s on %s: %w", a.login.User, n.Name, err)
+	}
+	if !super {
+		return fmt.Errorf("role %s on %s: %w", a.login.User, n.Name, ErrNotSuperuser)
+	}
+	return nil
 }

@@ -132,6 +132,15 @@ func TestPGActions(t *testing.T) {
 	a := NewActions(health.Login{User: lab.AdminUser, Database: "postgres", Password: lab.ProcessSecrets().AdminPassword}, 5*time.Second)
 	const table = "public.xlb_actions"
 
+	// CheckRole: the admin role is a superuser, the application role not.
+	if err := a.CheckRole(ctx, n1); err != nil {
+		t.Errorf("CheckRole of the admin role: %v", err)
+	}
+	app := NewActions(health.Login{User: lab.User, Database: lab.Database, Password: lab.ProcessSecrets().Password}, 5*time.Second)
+	if err := app.CheckRole(ctx, n1); !errors.Is(err, ErrNotSuperuser) {
+		t.Errorf("CheckRole of the application role: %v, want ErrNotSuperuser", err)
+	}
+
 	if err := appExec(ctx, pg1, "create table xlb_actions (n int primary key); insert into xlb_actions values (1)"); err != nil {
 		t.Fatal(err)
 	}

@@ -191,6 +191,27 @@ func isConnSpace(b byte) bool {
 	return b == ' ' || b == '\t' || b == '\n' || b == '\v' || b == '\f' || b == '\r'
 }
 
+// errPasswordInConnInfo means a primary_conninfo carries a password and
+// names no password file to take it from instead.
+var errPasswordInConnInfo = errors.New("primary_conninfo carries a password and names no passfile: " +
+	"xlb never writes a password into primary_conninfo (the server would log it with the setting); " +
+	"put it in a password file and name that with passfile")
+
+// dropPassword removes the password from c, which must name a passfile
+// then: primary_conninfo never carries a password. It returns
+// errPasswordInConnInfo, and changes nothing, when c has a password and
+// no passfile.
+func dropPassword(c *connInfo) error {
+	if _, ok := c.get("password"); !ok {
+		return nil
+	}
+	if _, ok := c.get("passfile"); !ok {
+		return errPasswordInConnInfo
+	}
+	c.del("password")
+	return nil
+}
+
 // get returns key's value and whether it is set.
 func (c connInfo) get(key string) (string, bool) {
 	for _, p := range c {

@@ -75,6 +75,35 @@ func TestConnInfoSetDel(t *testing.T) {
 	}
 }
 
+func TestDropPassword(t *testing.T) {
+	tests := []struct {
+		in, want string
+		err      error
+	}{
+		{"host=a user=rep passfile=/p", "host=a user=rep passfile=/p", nil},
+		{"host=a password=secret passfile=/p user=rep", "host=a passfile=/p user=rep", nil},
+		{"host=a password=secret user=rep", "host=a password=secret user=rep", errPasswordInConnInfo},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			c, err := parseConnInfo(tt.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = dropPassword(&c)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("dropPassword = %v, want %v", err, tt.err)
+			}
+			if err != nil && strings.Contains(err.Error(), "secret") {
+				t.Errorf("error %q quotes the password", err)
+			}
+			if diff := cmp.Diff(tt.want, c.String()); diff != "" {
+				t.Errorf("after dropPassword (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 // FuzzConnInfo checks that whatever parses formats back to the same pairs.
 func FuzzConnInfo(f *testing.F) {
 	for _, s := range []string{"host=a port=1", `a='b c' d=\'`, "postgresql://u:p@h:1/d?x=y", `x='\\'`, "a=\tb"} {

@@ -312,11 +312,16 @@ func (p *Postgres) configure() error {
 // start runs the postmaster in p.NS and waits until it accepts
 // connections.
 func (p *Postgres) start(ctx context.Context) error {
-	logf, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
 		return fmt.Errorf("opening postgres log: %w", err)
 	}
 	defer logf.Close() // the child has its own copy
+	// postgres's, like the data directory: pg_ctl, run as postgres by xlb
+	// pg rejoin, appends to it.
+	if err := logf.Chown(int(p.cred.Uid), int(p.cred.Gid)); err != nil {
+		return fmt.Errorf("handing the postgres log to postgres: %w", err)
+	}
 	cmd := p.asPostgres(context.Background(), "postgres", "-D", p.DataDir)
 	// Its own process group: a Ctrl-C meant for the caller must not stop it.
 	cmd.SysProcAttr.Setpgid = true
