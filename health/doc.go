@@ -19,10 +19,20 @@
 //
 // # Secrets
 //
-// PasswordFrom reads the password from a file or the environment, never
-// from argv. Connections are configured field by field, so the password
-// is never part of a connection string; no error or log line of this
-// package carries it.
+// PasswordFrom reads the password from a file (0600: one its group or
+// others may read is refused) or the environment, never from argv.
+// Connections are configured field by field, so the password is never part
+// of a connection string; no error or log line of this package carries it.
+//
+// # Connections and TLS
+//
+// ConnConfig is xlb's one connection builder: the probes use it, and so do
+// the administrative actions of package control/postgres. TLS takes
+// libpq's settings (sslmode, default prefer; sslrootcert; sslcert and
+// sslkey), built into TLS configurations by pgx; no PG* environment
+// variable changes them. A server whose certificate fails verification
+// yields an error naming the setting to check. CheckRole checks at start
+// that the probe role has pg_monitor.
 //
 // # Timing
 //

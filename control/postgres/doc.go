@@ -21,6 +21,16 @@
 // superuser in practice. Rejoin runs pg_rewind with that role and writes a
 // password file for the replication role (LOGIN REPLICATION).
 //
+// # Rejoin as root
+//
+// Rejoin runs PostgreSQL's programs as the data directory's owner, and does
+// every file operation on paths that owner controls (the configuration
+// files, the password file postgresql.auto.conf names, the server log) on
+// a thread whose filesystem identity (fsuid, fsgid, groups) is the
+// owner's: root's rights never apply to them, symlinks there are refused
+// (O_NOFOLLOW) and new files come from O_EXCL temporary names renamed into
+// place.
+//
 // # Secrets
 //
 // Passwords never pass through a connection string or argv: connections are
