@@ -253,13 +253,15 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	}
 }
 
-// checkRoles checks, on every node that answers within 3 s, that the
+// checkRoles checks, on every node that answers within two probe
+// timeouts (a restart while a node is down waits no longer), that the
 // probe role has what the probes need (pg_monitor) and the administrative
 // role what promotion needs (superuser). A role that lacks a right is a
 // *ConfigError naming its field; a node that does not answer is only
 // logged (it is checked by the probes once up).
 func checkRoles(ctx context.Context, cfg *Config, targets []health.Target, nodes []control.Node, actions *postgres.Actions) error {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	bound := 2 * time.Duration(cfg.Probe.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	type result struct {
 		node       string
@@ -271,7 +273,7 @@ func checkRoles(ctx context.Context, cfg *Config, targets []health.Target, nodes
 	for i := range targets {
 		go func() {
 			r := result{node: targets[i].Name}
-			r.probeSuper, r.probe = health.CheckRole(ctx, targets[i], 3*time.Second)
+			r.probeSuper, r.probe = health.CheckRole(ctx, targets[i], bound)
 			if cfg.Postgres.AdminUser != "" && cfg.Postgres.AdminUser != cfg.Postgres.User {
 				r.admin = actions.CheckRole(ctx, nodes[i])
 			}
