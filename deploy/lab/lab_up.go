@@ -405,6 +405,9 @@ func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 		filepath.Join(u.lab.Dir, n.Name+".state.json"))
 	fmt.Fprintf(&b, "postgres:\n  user: %s\n  database: %s\n  password_file: %s\n", User, Database, pwPath)
 	fmt.Fprintf(&b, "  admin_user: %s\n  admin_password_file: %s\n", AdminUser, adminPwPath)
+	// The lab's servers offer no TLS: with prefer every connect would try
+	// it first (a second backend fork).
+	b.WriteString("  sslmode: disable\n")
 	fmt.Fprintf(&b, "failover: true\nsynchronous: %t\n", u.opts.Synchronous)
 	fmt.Fprintf(&b, "http:\n  listen: %v\n", netip.AddrPortFrom(n.Addr.Addr(), HTTPPort))
 	if u.vrrp() {
