@@ -278,32 +278,49 @@ func TestCluster(t *testing.T) {
 
 	t.Run("terminated connection", func(t *testing.T) {
 		// The probe that finds its backend gone reprobes at once: no
-		// interval reports an error.
-		var pids []int32
-		rows, err := super1.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = 'xlb'")
-		if err == nil {
-			pids, err = pgx.CollectRows(rows, pgx.RowTo[int32])
-		}
-		if err != nil || len(pids) != 1 {
-			t.Fatalf("xlb sessions on the primary: %v, %v; want one", pids, err)
-		}
-		from := rec.mark()
-		if _, err := super1.Exec(ctx, "SELECT pg_terminate_backend($1)", pids[0]); err != nil {
-			t.Fatal(err)
-		}
-		for range 2 {
-			var o Observation
-			o, from = rec.next(ctx, t, from, "pg1", "any", func(Observation) bool { return true })
-			if o.Err != nil {
-				t.Errorf("observation after the backend was terminated: %v, want the reprobe to hide it", o.Err)
+		// interval reports an error. A probe that times out instead (a
+		// loaded machine: the bound is the daemon's 300 ms) tests nothing:
+		// then the scenario runs again, at most 3 times. Any other error
+		// fails.
+		for attempt := 1; ; attempt++ {
+			var pids []int32
+			rows, err := super1.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = 'xlb'")
+			if err == nil {
+				pids, err = pgx.CollectRows(rows, pgx.RowTo[int32])
 			}
-		}
-		var now int32
-		if err := super1.QueryRow(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = 'xlb'").Scan(&now); err != nil {
-			t.Fatal(err)
-		}
-		if now == pids[0] {
-			t.Errorf("xlb's session is still backend %d, want a new one", now)
+			if err != nil || len(pids) != 1 {
+				t.Fatalf("xlb sessions on the primary: %v, %v; want one", pids, err)
+			}
+			from := rec.mark()
+			if _, err := super1.Exec(ctx, "SELECT pg_terminate_backend($1)", pids[0]); err != nil {
+				t.Fatal(err)
+			}
+			timedOut := false
+			for range 2 {
+				var o Observation
+				o, from = rec.next(ctx, t, from, "pg1", "any", func(Observation) bool { return true })
+				switch {
+				case o.Err == nil:
+				case errors.Is(o.Err, context.DeadlineExceeded) && attempt < 3:
+					timedOut = true
+					t.Logf("attempt %d: a probe timed out (%v); again", attempt, o.Err)
+				default:
+					t.Errorf("observation after the backend was terminated: %v, want the reprobe to hide it", o.Err)
+				}
+			}
+			if timedOut {
+				// Wait for a good probe, so one session is back.
+				rec.next(ctx, t, from, "pg1", "reachable", ok)
+				continue
+			}
+			var now int32
+			if err := super1.QueryRow(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = 'xlb'").Scan(&now); err != nil {
+				t.Fatal(err)
+			}
+			if now == pids[0] {
+				t.Errorf("xlb's session is still backend %d, want a new one", now)
+			}
+			return
 		}
 	})
 
