@@ -48,6 +48,14 @@ int xlb_bench(struct xdp_md *ctx)
 	__u32 key = 0;
 	struct bench_pkt *p;
 
+	/* Reset the frame's length first: a program that grows or shrinks the
+	 * frame (a RST, an encapsulation) would otherwise drift every repeat. */
+	int delta = BENCH_PKT_LEN - (int)(data_end - data);
+
+	if (delta && bpf_xdp_adjust_tail(ctx, delta))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
 	if (data + BENCH_PKT_LEN > data_end)
 		return XDP_ABORTED;
 	p = bpf_map_lookup_elem(&bench_pkt_map, &key);

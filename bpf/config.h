@@ -15,9 +15,13 @@ volatile const __be16 cfg_port_ro = 0;		/* read-only port (3001) */
 volatile const __be32 cfg_snat_addr = 0;	/* this LB node's own address */
 volatile const __u16 cfg_snat_port_min = 0;	/* SNAT range, inclusive */
 volatile const __u16 cfg_snat_port_max = 0;
-/* A closed flow's SNAT port is reused after this long. */
-volatile const __u64 cfg_closed_timeout_ns = 60ULL * 1000000000ULL;
-/* An idle, unclosed flow's SNAT port is reused after this long. */
+/* A closed flow's SNAT port is taken back after this linger. */
+volatile const __u64 cfg_closed_timeout_ns = 10ULL * 1000000000ULL;
+/* A flow never established (no client ACK after the backend's SYN-ACK)
+ * gives its SNAT port back after this long; under pressure (no free port
+ * for a SYN) the oldest half-open flow among the probed ports goes first. */
+volatile const __u64 cfg_half_open_timeout_ns = 10ULL * 1000000000ULL;
+/* An idle established flow's SNAT port is taken back after this long. */
 volatile const __u64 cfg_idle_timeout_ns = 24ULL * 3600 * 1000000000ULL;
 
 /* Non-zero: the VIP is owned only while lease_map holds a live lease. */

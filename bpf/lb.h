@@ -26,6 +26,28 @@ static __always_inline int svc_of_port(__be16 dport)
 	return -1;
 }
 
+/* svc_port returns the VIP port of a service. */
+static __always_inline __be16 svc_port(__u32 svc)
+{
+	return svc == XLB_SVC_RW ? cfg_port_rw : cfg_port_ro;
+}
+
+/* source_allowed reports whether saddr may open flows to svc: always when
+ * the service has no allow_sources, else when a prefix of it holds saddr. */
+static __always_inline int source_allowed(__u32 svc, __be32 saddr)
+{
+	struct xlb_svc_conf *c = bpf_map_lookup_elem(&svc_map, &svc);
+
+	if (!c || !c->allow)
+		return 1;
+	struct xlb_allow_key k = {
+		.prefixlen = 64,
+		.svc = svc,
+		.addr = saddr,
+	};
+	return bpf_map_lookup_elem(&allow_map, &k) != 0;
+}
+
 /* maglev_pick returns the backend id for a flow hash, 0 when none. */
 static __always_inline __u32 maglev_pick(__u32 svc, __u32 hash)
 {

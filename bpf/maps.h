@@ -12,7 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include "structs.h"
 
-/* MAX_FLOWS bounds conntrack: two entries (one per direction) a flow. */
+/* MAX_FLOWS bounds the forward conntrack entries (one a flow). */
 #ifndef MAX_FLOWS
 #define MAX_FLOWS (1 << 18)
 #endif
@@ -28,11 +28,17 @@
 #define MAGLEV_SIZE 65537
 #endif
 
+/* MAX_ALLOW bounds the allow_sources prefixes of all services. */
+#ifndef MAX_ALLOW
+#define MAX_ALLOW 1024
+#endif
+
 #define STATS_SLOTS (XLB_STATS_BACKEND + MAX_BACKENDS)
 
-/* flow_map is conntrack: xlb_flow_key as received -> how to rewrite it.
- * A flow has a forward entry (client -> VIP) and a reverse entry
- * (backend -> lb SNAT port); the reverse key is the SNAT port's owner. */
+/* flow_map is the forward conntrack: the client's tuple as received -> the
+ * flow's SNAT slot and client-side next hop. An entry the LRU evicts only
+ * loses the flow (the slot's owner check catches it); the slots themselves
+ * live in snat_map, which never evicts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);	/* per-CPU LRU lists: no shared lock */
@@ -41,6 +47,64 @@ struct {
 	__type(value, struct xlb_flow);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } flow_map SEC(".maps");
+
+/* snat_map is the reverse direction: one slot per (backend id, SNAT port),
+ * index id * range + port - min. The loader sizes it to MAX_BACKENDS times
+ * the SNAT range before load (1 here only so the object loads unsized). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xlb_snat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} snat_map SEC(".maps");
+
+/* backend_id_map maps a backend's address to its id, for replies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, struct xlb_backend_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backend_id_map SEC(".maps");
+
+/* nexthop_map holds each backend's next hop, by backend id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct xlb_nexthop);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nexthop_map SEC(".maps");
+
+/* svc_map holds per-service runtime settings, by enum xlb_service. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_SVC__MAX);
+	__type(key, __u32);
+	__type(value, struct xlb_svc_conf);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} svc_map SEC(".maps");
+
+/* allow_map holds the allow_sources prefixes of every service. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_ALLOW);
+	__type(key, struct xlb_allow_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} allow_map SEC(".maps");
+
+/* layout_map holds the hash of every pinned map's layout, written by the
+ * loader: a daemon built with other layouts refuses to reuse the pins. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} layout_map SEC(".maps");
 
 /* backend_map holds the backends by id: address, port and flags. */
 struct {

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "csum.h"
 #include "hash.h"
+#include "lb.h"
 #include "maps.h"
 #include "parse.h"
 #include "stats.h"
@@ -17,136 +18,253 @@
 
 #define SECOND_NS 1000000000ULL
 
-/* peer_key returns the key of the other direction's entry of f's flow. */
-static __always_inline struct xlb_flow_key peer_key(const struct xlb_flow *f)
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+/* snat_range returns how many ports the SNAT range holds. */
+static __always_inline __u32 snat_range(void)
+{
+	return (__u32)cfg_snat_port_max - cfg_snat_port_min + 1;
+}
+
+/* snat_slot returns snat_map's slot idx, or NULL past its end. */
+static __always_inline struct xlb_snat *snat_slot(__u32 idx)
+{
+	return bpf_map_lookup_elem(&snat_map, &idx);
+}
+
+/* since returns now - then, 0 when another CPU stored a later then. */
+static __always_inline __u64 since(__u64 now, __u64 then)
+{
+	return now > then ? now - then : 0;
+}
+
+/* ct_closed reports whether both sides finished or one reset. */
+static __always_inline int ct_closed(__u32 st)
+{
+	return (st & XLB_CT_RST) || (st & (XLB_CT_FIN_FWD | XLB_CT_FIN_REV)) ==
+					    (XLB_CT_FIN_FWD | XLB_CT_FIN_REV);
+}
+
+/* ct_expired returns why s's flow has expired at now, or -1 while it lives. */
+static __always_inline int ct_expired(const struct xlb_snat *s, __u64 now)
+{
+	__u32 st = s->state;
+	__u64 idle = since(now, s->last_seen);
+
+	if (ct_closed(st))
+		return idle > cfg_closed_timeout_ns ? XLB_EXPIRE_CLOSED : -1;
+	if (!(st & XLB_CT_EST))
+		return idle > cfg_half_open_timeout_ns ? XLB_EXPIRE_HALF_OPEN : -1;
+	return idle > cfg_idle_timeout_ns ? XLB_EXPIRE_IDLE : -1;
+}
+
+/* ct_touch records state bits (atomically: both directions' CPUs write)
+ * and refreshes last_seen, at most every second unless the state changed. */
+static __always_inline void ct_touch(struct xlb_snat *s, __u64 now, __u32 bits)
+{
+	if (bits && (s->state & bits) != bits) {
+		__sync_fetch_and_or(&s->state, bits);
+		s->last_seen = now;
+		return;
+	}
+	if (since(now, s->last_seen) > SECOND_NS)
+		s->last_seen = now;
+}
+
+/* new_cookie returns a random non-zero owner word. */
+static __always_inline __u64 new_cookie(void)
+{
+	__u64 c = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+
+	return c ? c : 1;
+}
+
+/* flow_key_of returns the forward key of the flow owning s. */
+static __always_inline struct xlb_flow_key flow_key_of(const struct xlb_snat *s)
 {
 	struct xlb_flow_key k = {
-		.saddr = f->nat_daddr,
-		.daddr = f->nat_saddr,
-		.sport = f->nat_dport,
-		.dport = f->nat_sport,
+		.saddr = s->client_addr,
+		.daddr = cfg_vip,
+		.sport = s->client_port,
+		.dport = svc_port(s->svc),
 	};
 	return k;
 }
 
-/* flow_closed reports whether both sides finished or one reset. */
-static __always_inline int flow_closed(const struct xlb_flow *f)
+/* snat_take moves slot s from owner old to cookie with a compare-and-swap.
+ * On success it deletes old's forward entry (so floods of half-open flows
+ * cannot push live flows out of the LRU), counts why, and fills s for the
+ * new flow. */
+static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie, int why,
+				     const struct xlb_flow_key *fk, __u32 svc, __u64 now)
 {
-	return (f->flags & XLB_FLOW_RST) ||
-	       (f->flags & (XLB_FLOW_FIN_FWD | XLB_FLOW_FIN_REV)) ==
-		       (XLB_FLOW_FIN_FWD | XLB_FLOW_FIN_REV);
-}
+	struct xlb_flow_key vk = flow_key_of(s);
+	__u32 vsvc = s->svc;
 
-/* flow_stale reports whether f's SNAT port may be given to a new flow. */
-static __always_inline int flow_stale(const struct xlb_flow *f, __u64 now)
-{
-	__u64 idle = now - f->last_seen;
+	if (__sync_val_compare_and_swap(&s->owner, old, cookie) != old)
+		return 0;
+	if (old) {
+		struct xlb_flow *v = bpf_map_lookup_elem(&flow_map, &vk);
 
-	if (flow_closed(f))
-		return idle > cfg_closed_timeout_ns;
-	return idle > cfg_idle_timeout_ns;
-}
-
-/* flow_delete removes both entries of the flow k belongs to. */
-static __always_inline void flow_delete(struct xlb_flow_key *k, const struct xlb_flow *f)
-{
-	struct xlb_flow_key pk = peer_key(f);
-
-	bpf_map_delete_elem(&flow_map, &pk);
-	bpf_map_delete_elem(&flow_map, k);
-}
-
-/* flow_touch refreshes last_seen and records FIN/RST on both entries. */
-static __always_inline void flow_touch(struct xlb_flow *f, __u8 tcp_flags)
-{
-	__u64 now = bpf_ktime_get_coarse_ns();
-	__u8 bits;
-
-	if (now - f->last_seen > SECOND_NS)
-		f->last_seen = now;
-	if (!(tcp_flags & (TCP_FIN | TCP_RST)))
-		return;
-	if (tcp_flags & TCP_RST)
-		bits = XLB_FLOW_RST;
-	else
-		bits = f->dir == XLB_DIR_FWD ? XLB_FLOW_FIN_FWD : XLB_FLOW_FIN_REV;
-	f->flags |= bits;
-	f->last_seen = now;
-
-	struct xlb_flow_key pk = peer_key(f);
-	struct xlb_flow *peer = bpf_map_lookup_elem(&flow_map, &pk);
-
-	if (peer) {
-		peer->flags |= bits;
-		peer->last_seen = now;
+		if (v && v->cookie == old)
+			bpf_map_delete_elem(&flow_map, &vk);
+		count_expired(vsvc, why);
 	}
+	s->state = 0;
+	s->last_seen = now;
+	s->client_addr = fk->saddr;
+	s->client_port = fk->sport;
+	s->svc = svc;
+	return 1;
 }
 
-/* snat_alloc claims a SNAT port for rev's flow by inserting its reverse
- * entry with BPF_NOEXIST, probing up to MAX_SNAT_TRIES ports from a hash
- * of the client tuple. A stale occupant (closed or idle past its timeout)
- * is evicted with its forward entry. It returns the port in network
- * order, or 0 when every probed port is taken. */
-static __always_inline __be16 snat_alloc(struct xlb_flow_key *rk, struct xlb_flow *rev, __u32 hash)
+/* snat_claim claims a (backend id, SNAT port) slot for a new flow: probing
+ * up to MAX_SNAT_TRIES ports from hash, it takes the first free or expired
+ * one, else the oldest half-open or closed one probed (pressure). It
+ * returns the slot index, or -1 when every probed port holds a live
+ * established flow. */
+static __always_inline long snat_claim(__u32 id, __u32 hash, __u64 cookie, __u64 now,
+				       const struct xlb_flow_key *fk, __u32 svc)
 {
-	__u32 range = (__u32)cfg_snat_port_max - cfg_snat_port_min + 1;
+	__u32 range = snat_range();
 	__u32 tries = range < MAX_SNAT_TRIES ? range : MAX_SNAT_TRIES;
-	__u32 start = hash % range;
-	__u64 now = rev->last_seen;
+	__u32 base = id * range;
+	__u32 off = hash % range;
+	__u32 victim = 0;
+	__u64 victim_owner = 0, victim_seen = ~0ULL;
 
 	for (__u32 i = 0; i < MAX_SNAT_TRIES; i++) {
 		if (i >= tries)
 			break;
-		__u16 port = cfg_snat_port_min + (start + i) % range;
+		__u32 idx = base + off;
+		struct xlb_snat *s = snat_slot(idx);
 
-		rk->dport = bpf_htons(port);
-		if (bpf_map_update_elem(&flow_map, rk, rev, BPF_NOEXIST) == 0)
-			return rk->dport;
+		if (++off == range)
+			off = 0;
+		if (!s)
+			return -1;
+		__u64 owner = s->owner;
 
-		struct xlb_flow *occ = bpf_map_lookup_elem(&flow_map, rk);
-
-		if (!occ || !flow_stale(occ, now))
+		if (!owner) {
+			if (snat_take(s, 0, cookie, 0, fk, svc, now))
+				return idx;
 			continue;
-		struct xlb_flow_key ok = peer_key(occ);
+		}
+		int why = ct_expired(s, now);
 
-		bpf_map_delete_elem(&flow_map, &ok);
-		if (bpf_map_update_elem(&flow_map, rk, rev, BPF_ANY) == 0)
-			return rk->dport;
+		if (why >= 0) {
+			if (snat_take(s, owner, cookie, why, fk, svc, now))
+				return idx;
+			continue;
+		}
+		__u32 st = s->state;
+
+		if ((!(st & XLB_CT_EST) || ct_closed(st)) && s->last_seen < victim_seen) {
+			victim = idx;
+			victim_owner = owner;
+			victim_seen = s->last_seen;
+		}
 	}
+	if (!victim_owner)
+		return -1;
+	struct xlb_snat *s = snat_slot(victim);
+
+	if (s && snat_take(s, victim_owner, cookie, XLB_EXPIRE_PRESSURE, fk, svc, now))
+		return victim;
+	return -1;
+}
+
+/* snat_release frees slot s if cookie still owns it. */
+static __always_inline void snat_release(struct xlb_snat *s, __u64 cookie)
+{
+	__sync_val_compare_and_swap(&s->owner, cookie, 0);
+}
+
+/* mac_eq reports whether two MACs are equal. */
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+/* nexthop returns backend id's next hop, looking it up again with
+ * bpf_fib_lookup when it is older than a second. A failed lookup keeps the
+ * last good next hop; with none, it returns NULL and sets *reason. */
+static __always_inline struct xlb_nexthop *nexthop(struct xdp_md *ctx, __u32 id,
+						   const struct xlb_backend *be, __u64 now,
+						   __u16 tot_len, enum xlb_drop *reason)
+{
+	struct xlb_nexthop *nh = bpf_map_lookup_elem(&nexthop_map, &id);
+
+	if (!nh) {
+		*reason = XLB_DROP_NO_ROUTE;
+		return 0;
+	}
+	if (nh->ifindex && since(now, nh->checked) < SECOND_NS)
+		return nh;
+
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = IPPROTO_TCP,
+		.tot_len = tot_len,
+		.ifindex = ctx->ingress_ifindex,
+		.ipv4_src = cfg_snat_addr,
+		.ipv4_dst = be->addr,
+	};
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+
+	nh->checked = now;
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		/* Write only what changed: readers on other CPUs copy the MACs. */
+		if (!mac_eq(nh->dmac, fib.dmac))
+			__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
+		if (!mac_eq(nh->smac, fib.smac))
+			__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
+		if (nh->ifindex != fib.ifindex)
+			nh->ifindex = fib.ifindex;
+		return nh;
+	}
+	if (nh->ifindex)
+		return nh;
+	*reason = rc == BPF_FIB_LKUP_RET_NO_NEIGH ? XLB_DROP_NEIGH_MISS : XLB_DROP_NO_ROUTE;
 	return 0;
 }
 
-/* rewrite applies f to the packet: MACs, addresses, ports, checksums. */
-static __always_inline void rewrite(struct eth_hdr *eth, struct ipv4_hdr *ip,
-				    struct tcp_hdr *tcp, const struct xlb_flow *f)
+/* rewrite sets the packet's addresses, ports and MACs, updating both
+ * checksums incrementally. */
+static __always_inline void rewrite(struct eth_hdr *eth, struct ipv4_hdr *ip, struct tcp_hdr *tcp,
+				    __be32 saddr, __be32 daddr, __be16 sport, __be16 dport,
+				    const __u8 *smac, const __u8 *dmac)
 {
 	__u64 sum = csum_start(ip->check);
 
-	sum = csum_swap32(sum, ip->saddr, f->nat_saddr);
-	sum = csum_swap32(sum, ip->daddr, f->nat_daddr);
+	sum = csum_swap32(sum, ip->saddr, saddr);
+	sum = csum_swap32(sum, ip->daddr, daddr);
 	ip->check = csum_fold(sum);
 
 	sum = csum_start(tcp->check);
-	sum = csum_swap32(sum, ip->saddr, f->nat_saddr);
-	sum = csum_swap32(sum, ip->daddr, f->nat_daddr);
-	sum = csum_swap16(sum, tcp->sport, f->nat_sport);
-	sum = csum_swap16(sum, tcp->dport, f->nat_dport);
+	sum = csum_swap32(sum, ip->saddr, saddr);
+	sum = csum_swap32(sum, ip->daddr, daddr);
+	sum = csum_swap16(sum, tcp->sport, sport);
+	sum = csum_swap16(sum, tcp->dport, dport);
 	tcp->check = csum_fold(sum);
 
-	ip->saddr = f->nat_saddr;
-	ip->daddr = f->nat_daddr;
-	tcp->sport = f->nat_sport;
-	tcp->dport = f->nat_dport;
-	__builtin_memcpy(eth->dst, f->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->src, f->smac, ETH_ALEN);
+	ip->saddr = saddr;
+	ip->daddr = daddr;
+	tcp->sport = sport;
+	tcp->dport = dport;
+	__builtin_memcpy(eth->dst, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->src, smac, ETH_ALEN);
 }
 
-/* send transmits a rewritten packet out of f's interface. */
-static __always_inline int send(struct xdp_md *ctx, const struct xlb_flow *f)
+/* send transmits a rewritten packet out of ifindex. */
+static __always_inline int send(struct xdp_md *ctx, __u32 ifindex)
 {
-	if (f->ifindex == ctx->ingress_ifindex)
+	if (ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect(f->ifindex, 0);
+	return bpf_redirect(ifindex, 0);
 }
 
 #define RST_LEN (sizeof(struct eth_hdr) + sizeof(struct ipv4_hdr) + sizeof(struct tcp_hdr))

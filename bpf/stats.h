@@ -34,19 +34,31 @@ static __noinline int drop(__u32 slot, enum xlb_drop reason)
 	return XDP_DROP;
 }
 
-/* count_fwd counts a forwarded packet of len bytes for a service and a backend. */
-static __always_inline void count_fwd(__u32 svc, __u32 backend, __u64 len)
+/* count_expired counts a SNAT port taken back from a flow of svc. */
+static __noinline void count_expired(__u32 svc, enum xlb_expiry why)
+{
+	struct xlb_counters *c = counters(svc_slot(svc));
+
+	if (c && why < XLB_EXPIRE__MAX)
+		c->expired[why]++;
+}
+
+/* count_fwd counts a forwarded packet of len bytes for a service and a
+ * backend, and a new flow when is_new: one lookup per slot. */
+static __always_inline void count_fwd(__u32 svc, __u32 backend, __u64 len, int is_new)
 {
 	struct xlb_counters *c = counters(svc_slot(svc));
 
 	if (c) {
 		c->packets++;
 		c->bytes += len;
+		c->new_flows += is_new;
 	}
 	c = counters(backend_slot(backend));
 	if (c) {
 		c->packets++;
 		c->bytes += len;
+		c->new_flows += is_new;
 	}
 }
 

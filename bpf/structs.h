@@ -31,8 +31,21 @@ enum xlb_drop {
 	XLB_DROP_SNAT_EXHAUSTED,	/* no free SNAT port after bounded retries */
 	XLB_DROP_NO_FLOW,		/* non-SYN without a flow (RST sent unless it was a RST) */
 	XLB_DROP_NO_ROUTE,		/* bpf_fib_lookup failed: no route, or forwarding off on the interface */
-	XLB_DROP_NOT_OWNER,		/* ARP for the VIP or a new flow while this node's VIP lease lapsed */
+	XLB_DROP_NOT_OWNER,		/* ARP for the VIP, a new flow or a no-flow packet while this node's VIP lease lapsed */
+	XLB_DROP_NEIGH_MISS,	/* SYN while the backend's next hop MAC is unknown: the client retransmits */
+	XLB_DROP_NOT_ALLOWED,	/* SYN from a source outside the service's allow_sources */
+	XLB_DROP_FLOW_LOST,		/* packet of a flow whose SNAT port went to another flow (RST sent) */
 	XLB_DROP__MAX,
+};
+
+/* xlb_expiry names why a flow's SNAT port was taken back. */
+enum xlb_expiry {
+	XLB_EXPIRE_CLOSED = 0,	/* FIN both ways or RST, and the linger passed */
+	XLB_EXPIRE_HALF_OPEN,	/* never established within the half-open timeout */
+	XLB_EXPIRE_IDLE,		/* established, idle past the idle timeout */
+	XLB_EXPIRE_PRESSURE,	/* half-open or closed, taken early: no free port for a SYN */
+	XLB_EXPIRE_ORPHAN,		/* its forward entry was gone (RST sent to the backend) */
+	XLB_EXPIRE__MAX,
 };
 
 /* xlb_stats_slot lays out stats_map: one global slot, one per service,
@@ -48,9 +61,9 @@ struct xlb_counters {
 	__u64 packets;		/* packets forwarded (both directions) */
 	__u64 bytes;		/* their bytes, as received */
 	__u64 new_flows;	/* flows created by a SYN */
-	__u64 rsts;		/* TCP RSTs built and sent to clients */
-	__u64 neigh_pass;	/* SYNs passed to the kernel: next hop MAC unknown */
+	__u64 rsts;		/* TCP RSTs built and sent */
 	__u64 drops[XLB_DROP__MAX];
+	__u64 expired[XLB_EXPIRE__MAX];	/* SNAT ports taken back, by reason (counted on the service) */
 };
 
 /* xlb_backend_flags are the bits of xlb_backend.flags. */
@@ -65,7 +78,25 @@ struct xlb_backend {
 	enum xlb_backend_flags flags;
 };
 
-/* xlb_flow_key is the 4-tuple of a TCP packet as received. */
+/* xlb_backend_key is a backend's address as its packets carry it: the key
+ * of backend_id_map, which maps replies to a backend id. */
+struct xlb_backend_key {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* xlb_nexthop is how to reach a backend: the egress interface and MACs
+ * from bpf_fib_lookup, checked again at most every second by the packets
+ * that use it, so a changed neighbour reaches every flow within a second. */
+struct xlb_nexthop {
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u32 ifindex;		/* 0: never resolved */
+	__u64 checked;		/* bpf_ktime_get_coarse_ns of the last lookup */
+};
+
+/* xlb_flow_key is the 4-tuple of a client's packet as received. */
 struct xlb_flow_key {
 	__be32 saddr;
 	__be32 daddr;
@@ -73,41 +104,61 @@ struct xlb_flow_key {
 	__be16 dport;
 };
 
-/* xlb_flow_dir says which way a conntrack entry translates. */
-enum xlb_flow_dir : __u8 {
-	XLB_DIR_FWD = 0,	/* client -> VIP becomes lb -> backend */
-	XLB_DIR_REV = 1,	/* backend -> lb becomes VIP -> client */
+/* xlb_ct_state are the bits of xlb_snat.state, set with atomic or. */
+enum xlb_ct_state : __u32 {
+	XLB_CT_SYNACK = 1,	/* the backend answered the SYN */
+	XLB_CT_EST = 2,		/* the client acknowledged the SYN-ACK */
+	XLB_CT_FIN_FWD = 4,	/* client sent FIN */
+	XLB_CT_FIN_REV = 8,	/* backend sent FIN */
+	XLB_CT_RST = 16,	/* either side sent RST */
 };
 
-/* xlb_flow_flags are the bits of xlb_flow.flags. */
-enum xlb_flow_flags : __u8 {
-	XLB_FLOW_FIN_FWD = 1,	/* client sent FIN */
-	XLB_FLOW_FIN_REV = 2,	/* backend sent FIN */
-	XLB_FLOW_RST = 4,	/* either side sent RST */
-};
-
-/* xlb_flow is a conntrack entry: what the first packet learned, so an
- * established packet needs this one lookup. */
+/* xlb_flow is the forward conntrack entry, keyed by the client's tuple.
+ * The flow owns the SNAT slot (backend, port) only while that slot's owner
+ * word equals cookie: both directions check it, so they never disagree. */
 struct xlb_flow {
-	__be32 nat_saddr;	/* new source address */
-	__be32 nat_daddr;	/* new destination address */
-	__be16 nat_sport;
-	__be16 nat_dport;
-	__u8 smac[6];		/* egress MACs, from bpf_fib_lookup or the SYN */
-	__u8 dmac[6];
-	__u32 ifindex;		/* egress interface */
+	__u64 cookie;		/* owner word of its snat_map slot */
+	__u32 slot;		/* snat_map index: backend * snat range + port - min */
 	__u32 backend;		/* backend id */
-	enum xlb_flow_dir dir;
+	__be16 snat_port;
 	enum xlb_service svc;
-	enum xlb_flow_flags flags;
+	__u8 pad;
+	__u32 ifindex;		/* client side: the interface the SYN came in on */
+	__u8 cmac[6];		/* client side: the SYN's source MAC */
+	__u8 lmac[6];		/* client side: the SYN's destination MAC (ours) */
+};
+
+/* xlb_snat is one slot of snat_map, a (backend, SNAT port) pair: the
+ * reverse direction of the flow that owns it and that flow's state. A SYN
+ * claims a free or expired slot with a compare-and-swap on owner. */
+struct xlb_snat {
+	__u64 owner;		/* cookie of the owning flow; 0 = free */
+	__u64 last_seen;	/* bpf_ktime_get_coarse_ns, refreshed every second and on state changes */
+	enum xlb_ct_state state;
+	__be32 client_addr;	/* the owning flow's client */
+	__be16 client_port;
+	enum xlb_service svc;
 	__u8 pad[5];
-	__u64 last_seen;	/* bpf_ktime_get_coarse_ns, refreshed at most every second */
+};
+
+/* xlb_svc_conf is per-service runtime configuration. */
+struct xlb_svc_conf {
+	__u32 allow;		/* non-zero: new flows only from allow_map's prefixes */
+};
+
+/* xlb_allow_key is an allow_map (LPM trie) key: prefixlen counts the 32
+ * bits of svc, then the address's. */
+struct xlb_allow_key {
+	__u32 prefixlen;
+	__u32 svc;
+	__be32 addr;
 };
 
 /* xlb_lease is this node's claim on the VIP, renewed by the daemon while it
  * is the VRRP master. When it lapses (the daemon died, or lost mastership),
- * XDP stops answering ARP for the VIP and refuses new flows, so a host whose
- * daemon was killed cannot keep taking traffic after the peer took over. */
+ * XDP stops answering ARP for the VIP, refuses new flows and sends no RST,
+ * so a host whose daemon was killed cannot keep taking traffic after the
+ * peer took over. */
 struct xlb_lease {
 	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns deadline; 0 = none */
 };

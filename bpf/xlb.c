@@ -21,20 +21,32 @@
 #include "parse.h"
 #include "stats.h"
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
+/* refuse answers a packet that has no flow: silently while this node does
+ * not own the VIP (only the owner sends RSTs) or when it is a RST itself,
+ * else with a RST. */
+static __always_inline int refuse(struct xdp_md *ctx, __u32 slot, enum xlb_drop reason, __u8 flags)
+{
+	if (!vip_owned())
+		return drop(slot, XLB_DROP_NOT_OWNER);
+	drop(slot, reason);
+	if (flags & TCP_RST)
+		return XDP_DROP;
+	return send_rst(ctx, slot);
+}
 
-/* new_flow picks a backend for a SYN, claims a SNAT port, stores both
- * conntrack entries and forwards the SYN. */
+/* new_flow picks a backend for a SYN, claims a SNAT slot, stores the
+ * forward entry and forwards the SYN. */
 static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, struct ipv4_hdr *ip,
 				    struct tcp_hdr *tcp, __u32 svc, struct xlb_flow_key *fk)
 {
-	__u32 ports = ((__u32)tcp->sport << 16) | tcp->dport;
 	if (!vip_owned())
 		return drop(svc_slot(svc), XLB_DROP_NOT_OWNER);
+	if (!source_allowed(svc, ip->saddr))
+		return drop(svc_slot(svc), XLB_DROP_NOT_ALLOWED);
 
-	__u32 id = maglev_pick(svc, hash_3words(ip->saddr, ip->daddr, ports, HASH_SEED_MAGLEV));
+	__u32 h = hash_3words(ip->saddr, ip->daddr, ((__u32)tcp->sport << 16) | tcp->dport,
+			      HASH_SEED_MAGLEV);
+	__u32 id = maglev_pick(svc, h);
 	struct xlb_backend *be = backend_alive(id);
 
 	if (!be) {
@@ -42,81 +54,40 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 		return send_rst(ctx, svc_slot(svc));
 	}
 
-	struct bpf_fib_lookup fib = {
-		.family = AF_INET,
-		.l4_protocol = IPPROTO_TCP,
-		.tot_len = bpf_ntohs(ip->tot_len),
-		.ifindex = ctx->ingress_ifindex,
-		.ipv4_src = cfg_snat_addr,
-		.ipv4_dst = be->addr,
-	};
-	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* Let the kernel resolve the neighbour; the client retries. */
-		struct xlb_counters *c = counters(svc_slot(svc));
-
-		if (c)
-			c->neigh_pass++;
-		return XDP_PASS;
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return drop(svc_slot(svc), XLB_DROP_NO_ROUTE);
-
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct xlb_flow rev = {
-		.nat_saddr = ip->daddr,
-		.nat_daddr = ip->saddr,
-		.nat_sport = tcp->dport,
-		.nat_dport = tcp->sport,
-		.ifindex = ctx->ingress_ifindex,
-		.backend = id,
-		.dir = XLB_DIR_REV,
-		.svc = svc,
-		.last_seen = now,
-	};
-	__builtin_memcpy(rev.smac, eth->dst, ETH_ALEN);
-	__builtin_memcpy(rev.dmac, eth->src, ETH_ALEN);
+	enum xlb_drop reason = XLB_DROP_NO_ROUTE;
+	struct xlb_nexthop *nh = nexthop(ctx, id, be, now, bpf_ntohs(ip->tot_len), &reason);
 
-	struct xlb_flow_key rk = {
-		.saddr = be->addr,
-		.daddr = cfg_snat_addr,
-		.sport = be->port,
-	};
-	__be16 port = snat_alloc(&rk, &rev, hash_3words(ip->saddr, ip->daddr, ports, HASH_SEED_SNAT));
+	if (!nh)
+		return drop(svc_slot(svc), reason);
 
-	if (!port)
+	__u64 cookie = new_cookie();
+	long slot = snat_claim(id, rol32(h, 16) * 0x9e3779b1, cookie, now, fk, svc);
+
+	if (slot < 0)
 		return drop(svc_slot(svc), XLB_DROP_SNAT_EXHAUSTED);
 
 	struct xlb_flow fwd = {
-		.nat_saddr = cfg_snat_addr,
-		.nat_daddr = be->addr,
-		.nat_sport = port,
-		.nat_dport = be->port,
-		.ifindex = fib.ifindex,
+		.cookie = cookie,
+		.slot = slot,
 		.backend = id,
-		.dir = XLB_DIR_FWD,
+		.snat_port = bpf_htons(cfg_snat_port_min + (__u32)slot - id * snat_range()),
 		.svc = svc,
-		.last_seen = now,
+		.ifindex = ctx->ingress_ifindex,
 	};
-	__builtin_memcpy(fwd.smac, fib.smac, ETH_ALEN);
-	__builtin_memcpy(fwd.dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(fwd.cmac, eth->src, ETH_ALEN);
+	__builtin_memcpy(fwd.lmac, eth->dst, ETH_ALEN);
 
 	if (bpf_map_update_elem(&flow_map, fk, &fwd, BPF_ANY)) {
-		bpf_map_delete_elem(&flow_map, &rk);
+		struct xlb_snat *s = snat_slot(slot);
+
+		if (s)
+			snat_release(s, cookie);
 		return drop(svc_slot(svc), XLB_DROP_SNAT_EXHAUSTED);
 	}
-
-	struct xlb_counters *c = counters(svc_slot(svc));
-
-	if (c)
-		c->new_flows++;
-	c = counters(backend_slot(id));
-	if (c)
-		c->new_flows++;
-	count_fwd(svc, id, ctx->data_end - ctx->data);
-	rewrite(eth, ip, tcp, &fwd);
-	return send(ctx, &fwd);
+	count_fwd(svc, id, ctx->data_end - ctx->data, 1);
+	rewrite(eth, ip, tcp, cfg_snat_addr, be->addr, fwd.snat_port, be->port, nh->smac, nh->dmac);
+	return send(ctx, nh->ifindex);
 }
 
 /* handle_service forwards a well-formed TCP packet for VIP:svc. */
@@ -133,25 +104,59 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct eth_hdr *et
 	int syn = (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
 	struct xlb_flow *f = bpf_map_lookup_elem(&flow_map, &fk);
 
-	if (f) {
-		if (!backend_alive(f->backend) || (syn && flow_closed(f))) {
-			/* Backend gone, or the client reuses a closed tuple. */
-			flow_delete(&fk, f);
-			f = 0;
-		}
+	if (!f) {
+		if (syn)
+			return new_flow(ctx, eth, ip, tcp, svc, &fk);
+		return refuse(ctx, svc_slot(svc), XLB_DROP_NO_FLOW, flags);
 	}
-	if (f) {
-		flow_touch(f, flags);
-		count_fwd(svc, f->backend, ctx->data_end - ctx->data);
-		rewrite(eth, ip, tcp, f);
-		return send(ctx, f);
+
+	struct xlb_snat *s = snat_slot(f->slot);
+
+	if (!s || s->owner != f->cookie) {
+		/* Its SNAT port went to another flow: this one is over. */
+		bpf_map_delete_elem(&flow_map, &fk);
+		if (syn)
+			return new_flow(ctx, eth, ip, tcp, svc, &fk);
+		return refuse(ctx, svc_slot(svc), XLB_DROP_FLOW_LOST, flags);
 	}
-	if (syn)
+	struct xlb_backend *be = backend_alive(f->backend);
+
+	if (!be) {
+		/* Backend gone: the flow ends, its packets get a RST. */
+		snat_release(s, f->cookie);
+		bpf_map_delete_elem(&flow_map, &fk);
+		if (syn)
+			return new_flow(ctx, eth, ip, tcp, svc, &fk);
+		return refuse(ctx, svc_slot(svc), XLB_DROP_NO_FLOW, flags);
+	}
+	__u32 st = s->state;
+
+	if (syn && ct_closed(st)) {
+		/* The client reuses a closed tuple: a new flow; the old port
+		 * lingers with its slot. */
+		bpf_map_delete_elem(&flow_map, &fk);
 		return new_flow(ctx, eth, ip, tcp, svc, &fk);
+	}
+
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 bits = 0;
+
 	if (flags & TCP_RST)
-		return drop(svc_slot(svc), XLB_DROP_NO_FLOW);
-	drop(svc_slot(svc), XLB_DROP_NO_FLOW);
-	return send_rst(ctx, svc_slot(svc));
+		bits |= XLB_CT_RST;
+	if (flags & TCP_FIN)
+		bits |= XLB_CT_FIN_FWD;
+	if ((flags & (TCP_ACK | TCP_SYN)) == TCP_ACK && (st & XLB_CT_SYNACK))
+		bits |= XLB_CT_EST;
+	ct_touch(s, now, bits);
+
+	enum xlb_drop reason = XLB_DROP_NO_ROUTE;
+	struct xlb_nexthop *nh = nexthop(ctx, f->backend, be, now, bpf_ntohs(ip->tot_len), &reason);
+
+	if (!nh)
+		return drop(svc_slot(svc), reason);
+	count_fwd(svc, f->backend, ctx->data_end - ctx->data, 0);
+	rewrite(eth, ip, tcp, cfg_snat_addr, be->addr, f->snat_port, be->port, nh->smac, nh->dmac);
+	return send(ctx, nh->ifindex);
 }
 
 /* handle_vip validates a packet for the VIP and dispatches it by port. */
@@ -208,7 +213,8 @@ static __always_inline int handle_vip(struct xdp_md *ctx, void *data_end, struct
 }
 
 /* handle_reply translates a backend's packet to a SNAT port back to the
- * client. Anything without a flow is the host's own and passes. */
+ * client. Anything that is not a backend's, or to a free slot, is the
+ * host's own and passes. */
 static __always_inline int handle_reply(struct xdp_md *ctx, void *data_end, struct eth_hdr *eth,
 					struct ipv4_hdr *ip)
 {
@@ -228,20 +234,47 @@ static __always_inline int handle_reply(struct xdp_md *ctx, void *data_end, stru
 	if (port < cfg_snat_port_min || port > cfg_snat_port_max)
 		return XDP_PASS;
 
-	struct xlb_flow_key rk = {
-		.saddr = ip->saddr,
-		.daddr = ip->daddr,
-		.sport = tcp->sport,
-		.dport = tcp->dport,
+	struct xlb_backend_key bk = {
+		.addr = ip->saddr,
+		.port = tcp->sport,
 	};
-	struct xlb_flow *f = bpf_map_lookup_elem(&flow_map, &rk);
+	__u32 *id = bpf_map_lookup_elem(&backend_id_map, &bk);
 
-	if (!f || f->dir != XLB_DIR_REV)
+	if (!id)
 		return XDP_PASS;
-	flow_touch(f, tcp->flags);
-	count_fwd(f->svc, f->backend, ctx->data_end - ctx->data);
-	rewrite(eth, ip, tcp, f);
-	return send(ctx, f);
+	struct xlb_snat *s = snat_slot(*id * snat_range() + port - cfg_snat_port_min);
+
+	if (!s)
+		return XDP_PASS;
+	__u64 owner = s->owner;
+
+	if (!owner)
+		return XDP_PASS;
+
+	struct xlb_flow_key fk = flow_key_of(s);
+	struct xlb_flow *f = bpf_map_lookup_elem(&flow_map, &fk);
+	__u32 svc = s->svc;
+
+	if (!f || f->cookie != owner) {
+		/* The forward entry is gone: end the backend's side too. */
+		if (__sync_val_compare_and_swap(&s->owner, owner, 0) == owner)
+			count_expired(svc, XLB_EXPIRE_ORPHAN);
+		return refuse(ctx, svc_slot(svc), XLB_DROP_FLOW_LOST, tcp->flags);
+	}
+
+	__u8 flags = tcp->flags;
+	__u32 bits = 0;
+
+	if ((flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
+		bits |= XLB_CT_SYNACK;
+	if (flags & TCP_FIN)
+		bits |= XLB_CT_FIN_REV;
+	if (flags & TCP_RST)
+		bits |= XLB_CT_RST;
+	ct_touch(s, bpf_ktime_get_coarse_ns(), bits);
+	count_fwd(svc, *id, ctx->data_end - ctx->data, 0);
+	rewrite(eth, ip, tcp, cfg_vip, fk.saddr, fk.dport, fk.sport, f->lmac, f->cmac);
+	return send(ctx, f->ifindex);
 }
 
 /* handle_arp drops ARP asking for the VIP while this node does not own it,

@@ -93,7 +93,7 @@ func (d *Datapath) SetBackends(svc Service, backends []netip.AddrPort) error {
 	}
 	slices.SortFunc(pool, func(a, b netip.AddrPort) int { return a.Compare(b) })
 	d.pools[svc] = pool
-	return nil
+	return d.manageNeighbours()
 }
 
 // RemoveBackend takes b out of every pool, makes the datapath answer its
@@ -126,9 +126,12 @@ func (d *Datapath) RemoveBackend(b netip.AddrPort) ([]Flow, error) {
 			d.pools[svc] = pool
 		}
 	}
-	_, flows, err := d.flushWhere(func(f *xlbXlbFlow) bool { return f.Backend == id })
+	_, flows, err := d.flushWhere(func(f *xlbXlbFlow) bool { return f.Backend == id }, d.backendsByIDLocked())
 	if err != nil {
 		return flows, err
+	}
+	if err := d.objs.BackendIdMap.Delete(backendKey(b)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return flows, fmt.Errorf("unmapping %v: %w", b, err)
 	}
 	if err := d.objs.BackendMap.Put(id, &xlbXlbBackend{}); err != nil {
 		return flows, fmt.Errorf("freeing id of %v: %w", b, err)
@@ -175,6 +178,9 @@ func (d *Datapath) ensureID(b netip.AddrPort) (uint32, error) {
 		if err := d.objs.BackendMap.Put(id, &alive); err != nil {
 			return 0, fmt.Errorf("updating backend %v: %w", b, err)
 		}
+		if err := d.objs.BackendIdMap.Put(backendKey(b), id); err != nil {
+			return 0, fmt.Errorf("mapping %v: %w", b, err)
+		}
 		return id, nil
 	}
 	used := make(map[uint32]bool, len(d.ids))
@@ -188,6 +194,12 @@ func (d *Datapath) ensureID(b netip.AddrPort) (uint32, error) {
 		if err := d.zeroCounters(backendSlot(id)); err != nil {
 			return 0, err
 		}
+		if err := d.objs.NexthopMap.Put(id, &xlbXlbNexthop{}); err != nil {
+			return 0, fmt.Errorf("clearing next hop of %v: %w", b, err)
+		}
+		if err := d.objs.BackendIdMap.Put(backendKey(b), id); err != nil {
+			return 0, fmt.Errorf("mapping %v: %w", b, err)
+		}
 		if err := d.objs.BackendMap.Put(id, &alive); err != nil {
 			return 0, fmt.Errorf("adding backend %v: %w", b, err)
 		}
@@ -195,6 +207,11 @@ func (d *Datapath) ensureID(b netip.AddrPort) (uint32, error) {
 		return id, nil
 	}
 	return 0, fmt.Errorf("adding backend %v: %w", b, ErrTooManyBackends)
+}
+
+// backendKey is b as backend_id_map keys it.
+func backendKey(b netip.AddrPort) *xlbXlbBackendKey {
+	return &xlbXlbBackendKey{Addr: wire32(b.Addr()), Port: wire16(b.Port())}
 }
 
 func (d *Datapath) writeTable(svc Service, table []uint32) error {

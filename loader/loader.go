@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 )
 
 // DefaultPinPath is where the daemon pins its maps and links.
@@ -49,6 +50,12 @@ var (
 	ErrTooManyBackends = errors.New("too many backends")
 	// ErrUnknownBackend means the backend was never given to the datapath.
 	ErrUnknownBackend = errors.New("unknown backend")
+	// ErrLayoutMismatch means maps pinned by another xlb build (or another
+	// SNAT range) are in the pin path: this build would misread them.
+	ErrLayoutMismatch = errors.New("pinned maps have another layout")
+	// ErrVLAN means the interface carries VLANs, which the datapath does not
+	// handle (tagged frames would be answered untagged).
+	ErrVLAN = errors.New("vlan interfaces are not supported")
 )
 
 // PortRange is an inclusive range of ports.
@@ -67,10 +74,15 @@ type Config struct {
 	// PinPath is the bpffs directory for maps and links; empty disables
 	// pinning (each Load gets fresh maps).
 	PinPath string
-	// ClosedTimeout is how long a closed flow keeps its SNAT port; default 60 s.
+	// ClosedTimeout is how long a closed flow (FIN both ways, or a RST)
+	// lingers before its SNAT port is taken back; default 10 s.
 	ClosedTimeout time.Duration
-	// IdleTimeout is how long an idle flow keeps its SNAT port against a new
-	// flow that needs it; default 24 h.
+	// HalfOpenTimeout is how long a flow that never got the client's ACK
+	// keeps its SNAT port; default 10 s. When a SYN finds no free port, the
+	// oldest half-open flow among the probed ports loses its port at once.
+	HalfOpenTimeout time.Duration
+	// IdleTimeout is how long an idle established flow keeps its SNAT port
+	// against a new flow that needs it; default 24 h.
 	IdleTimeout time.Duration
 	// SkipPortCheck skips the ip_local_port_range check (for Program.Run tests
 	// that never open sockets).
@@ -92,7 +104,10 @@ func (c *Config) setDefaults() {
 		c.SNATPorts = PortRange{20000, 29999}
 	}
 	if c.ClosedTimeout == 0 {
-		c.ClosedTimeout = 60 * time.Second
+		c.ClosedTimeout = 10 * time.Second
+	}
+	if c.HalfOpenTimeout == 0 {
+		c.HalfOpenTimeout = 10 * time.Second
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 24 * time.Hour
@@ -127,6 +142,9 @@ type Datapath struct {
 	ids   map[netip.AddrPort]uint32    // backend -> id
 	pools map[Service][]netip.AddrPort // last SetBackends per service
 	links map[string]link.Link         // attached interfaces
+	// nl is a netlink handle in the namespace of the first Attach, for
+	// managed neighbour entries; nil before.
+	nl *netlink.Handle
 }
 
 // Load loads the datapath with cfg. With cfg.PinPath it mounts bpffs when
@@ -157,6 +175,7 @@ func Load(cfg Config) (*Datapath, error) {
 		{xlbVarCfgSnatPortMin, cfg.SNATPorts.Min},
 		{xlbVarCfgSnatPortMax, cfg.SNATPorts.Max},
 		{xlbVarCfgClosedTimeoutNs, uint64(cfg.ClosedTimeout.Nanoseconds())},
+		{xlbVarCfgHalfOpenTimeoutNs, uint64(cfg.HalfOpenTimeout.Nanoseconds())},
 		{xlbVarCfgIdleTimeoutNs, uint64(cfg.IdleTimeout.Nanoseconds())},
 		{xlbVarCfgLease, boolByte(cfg.Lease)},
 	}
@@ -165,9 +184,19 @@ func Load(cfg Config) (*Datapath, error) {
 			return nil, fmt.Errorf("setting %s: %w", v.name, err)
 		}
 	}
+	// One SNAT slot per backend id and port.
+	snat := spec.Maps["snat_map"]
+	snat.MaxEntries = spec.Maps["backend_map"].MaxEntries * (uint32(cfg.SNATPorts.Max) - uint32(cfg.SNATPorts.Min) + 1)
+	layout, err := layoutHash(spec)
+	if err != nil {
+		return nil, err
+	}
 	var opts ebpf.CollectionOptions
 	if cfg.PinPath != "" {
 		if err := ensurePinPath(cfg.PinPath); err != nil {
+			return nil, err
+		}
+		if err := checkPinnedLayout(cfg.PinPath, layout); err != nil {
 			return nil, err
 		}
 		opts.Maps.PinPath = cfg.PinPath
@@ -189,6 +218,10 @@ func Load(cfg Config) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("loading datapath: %w", err)
 	}
+	if err := d.objs.LayoutMap.Put(uint32(0), layout); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("writing layout version: %w", err)
+	}
 	if err := d.restore(); err != nil {
 		d.Close()
 		return nil, err
@@ -209,6 +242,10 @@ func (d *Datapath) Close() error {
 		errs = append(errs, l.Close())
 	}
 	d.links = map[string]link.Link{}
+	if d.nl != nil {
+		d.nl.Close()
+		d.nl = nil
+	}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
@@ -227,7 +264,7 @@ func (d *Datapath) Unpin() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, m := range []*ebpf.Map{d.objs.FlowMap, d.objs.BackendMap, d.objs.MaglevMap, d.objs.StatsMap, d.objs.LeaseMap} {
+	for _, m := range d.maps() {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, err)
 		}

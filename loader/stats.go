@@ -21,16 +21,31 @@ var DropReasons = map[xlbXlbDrop]string{
 	xlbXlbDropXLB_DROP_NO_FLOW:        "no_flow",
 	xlbXlbDropXLB_DROP_NO_ROUTE:       "no_route",
 	xlbXlbDropXLB_DROP_NOT_OWNER:      "not_owner",
+	xlbXlbDropXLB_DROP_NEIGH_MISS:     "neigh_miss",
+	xlbXlbDropXLB_DROP_NOT_ALLOWED:    "not_allowed",
+	xlbXlbDropXLB_DROP_FLOW_LOST:      "flow_lost",
+}
+
+// ExpiryReasons names why SNAT ports were taken back from flows, indexed
+// as in bpf/structs.h enum xlb_expiry.
+var ExpiryReasons = map[xlbXlbExpiry]string{
+	xlbXlbExpiryXLB_EXPIRE_CLOSED:    "closed",
+	xlbXlbExpiryXLB_EXPIRE_HALF_OPEN: "half_open",
+	xlbXlbExpiryXLB_EXPIRE_IDLE:      "idle",
+	xlbXlbExpiryXLB_EXPIRE_PRESSURE:  "pressure",
+	xlbXlbExpiryXLB_EXPIRE_ORPHAN:    "orphan",
 }
 
 // Counters are one slot's counters summed over CPUs.
 type Counters struct {
-	Packets   uint64            `json:"packets"`
-	Bytes     uint64            `json:"bytes"`
-	NewFlows  uint64            `json:"new_flows"`
-	RSTs      uint64            `json:"rsts"`
-	NeighPass uint64            `json:"neigh_pass"`
-	Drops     map[string]uint64 `json:"drops"` // by reason; only non-zero ones
+	Packets  uint64            `json:"packets"`
+	Bytes    uint64            `json:"bytes"`
+	NewFlows uint64            `json:"new_flows"`
+	RSTs     uint64            `json:"rsts"`
+	Drops    map[string]uint64 `json:"drops"` // by reason; only non-zero ones
+	// Expired counts SNAT ports taken back from flows of a service, by
+	// reason (closed, half_open, idle, pressure, orphan); only non-zero ones.
+	Expired map[string]uint64 `json:"expired,omitempty"`
 }
 
 // DropTotal returns the sum of all drops.
@@ -47,12 +62,11 @@ func (c *Counters) add(o Counters) {
 	c.Bytes += o.Bytes
 	c.NewFlows += o.NewFlows
 	c.RSTs += o.RSTs
-	c.NeighPass += o.NeighPass
 	for k, v := range o.Drops {
-		if c.Drops == nil {
-			c.Drops = map[string]uint64{}
-		}
-		c.Drops[k] += v
+		addTo(&c.Drops, k, v)
+	}
+	for k, v := range o.Expired {
+		addTo(&c.Expired, k, v)
 	}
 }
 
@@ -63,6 +77,13 @@ type Stats struct {
 	Total    Counters                    `json:"total"`
 	Services map[Service]Counters        `json:"services"`
 	Backends map[netip.AddrPort]Counters `json:"backends"`
+}
+
+func addTo(m *map[string]uint64, k string, n uint64) {
+	if *m == nil {
+		*m = map[string]uint64{}
+	}
+	(*m)[k] += n
 }
 
 func backendSlot(id uint32) uint32 { return uint32(xlbXlbStatsSlotXLB_STATS_BACKEND) + id }
@@ -112,15 +133,15 @@ func (d *Datapath) readSlot(slot uint32) (Counters, error) {
 		c.Bytes += p.Bytes
 		c.NewFlows += p.NewFlows
 		c.RSTs += p.Rsts
-		c.NeighPass += p.NeighPass
 		for i, n := range p.Drops {
-			if n == 0 {
-				continue
+			if n != 0 {
+				addTo(&c.Drops, DropReasons[xlbXlbDrop(i)], n)
 			}
-			if c.Drops == nil {
-				c.Drops = map[string]uint64{}
+		}
+		for i, n := range p.Expired {
+			if n != 0 {
+				addTo(&c.Expired, ExpiryReasons[xlbXlbExpiry(i)], n)
 			}
-			c.Drops[DropReasons[xlbXlbDrop(i)]] += n
 		}
 	}
 	return c, nil

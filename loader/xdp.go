@@ -38,6 +38,9 @@ func ParseMode(s string) (Mode, error) {
 func (d *Datapath) Attach(ifname string, mode Mode) (Mode, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := refuseVLAN(ifname); err != nil {
+		return "", err
+	}
 	l, got, err := attachXDP(d.objs.XlbXdp, ifname, mode, d.linkPin(ifname))
 	if err != nil {
 		return "", err
@@ -46,7 +49,37 @@ func (d *Datapath) Attach(ifname string, mode Mode) (Mode, error) {
 		old.Close()
 	}
 	d.links[ifname] = l
-	return got, nil
+	if d.nl == nil {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return got, fmt.Errorf("opening netlink for neighbours: %w", err)
+		}
+		d.nl = h
+	}
+	return got, d.manageNeighbours()
+}
+
+// refuseVLAN returns an error wrapping ErrVLAN when ifname is a VLAN
+// device or carries VLAN devices: with rx VLAN offload XDP sees tagged
+// frames untagged and would answer them untagged on the wrong network.
+func refuseVLAN(ifname string) error {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("looking up %s: %w", ifname, err)
+	}
+	if l.Type() == "vlan" {
+		return fmt.Errorf("attaching xdp to %s: %w: attach to a plain interface", ifname, ErrVLAN)
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing links: %w", err)
+	}
+	for _, o := range links {
+		if o.Type() == "vlan" && o.Attrs().ParentIndex == l.Attrs().Index {
+			return fmt.Errorf("attaching xdp to %s: %w: %s is a vlan on it", ifname, ErrVLAN, o.Attrs().Name)
+		}
+	}
+	return nil
 }
 
 // Detach removes the datapath from ifname, unpinning its link.

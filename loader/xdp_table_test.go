@@ -276,8 +276,8 @@ func binWindowZero(b []byte) {
 }
 
 // TestSNATExhaustion gives the datapath four SNAT ports and five flows to
-// one backend: the fifth SYN is dropped and counted, and the four flows
-// keep their ports.
+// one backend: with the four established, the fifth SYN is dropped and
+// counted, and the four flows keep their ports.
 func TestSNATExhaustion(t *testing.T) {
 	f := newFixture(t, loader.PortRange{Min: 20000, Max: 20003})
 	primary := ap(pg1, 5432)
@@ -298,6 +298,7 @@ func TestSNATExhaustion(t *testing.T) {
 		}
 		used[p.src.Port()] = true
 		ports[42000+i] = p.src.Port()
+		establish(t, f, primary, 42000+i, p.src.Port())
 	}
 	v, _ := f.run(t, clientPkt(42004, 3000, syn, nil).build())
 	wantVerdict(t, v, xdpDrop)

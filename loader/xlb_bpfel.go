@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xlbXlbAllowKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Svc       uint32
+	Addr      uint32
+}
+
 type xlbXlbBackend struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -26,15 +33,32 @@ const (
 	xlbXlbBackendFlagsXLB_BACKEND_ALIVE xlbXlbBackendFlags = 1
 )
 
-type xlbXlbCounters struct {
-	_         structs.HostLayout
-	Packets   uint64
-	Bytes     uint64
-	NewFlows  uint64
-	Rsts      uint64
-	NeighPass uint64
-	Drops     [12]uint64
+type xlbXlbBackendKey struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
 }
+
+type xlbXlbCounters struct {
+	_        structs.HostLayout
+	Packets  uint64
+	Bytes    uint64
+	NewFlows uint64
+	Rsts     uint64
+	Drops    [15]uint64
+	Expired  [5]uint64
+}
+
+type xlbXlbCtState uint32
+
+const (
+	xlbXlbCtStateXLB_CT_SYNACK  xlbXlbCtState = 1
+	xlbXlbCtStateXLB_CT_EST     xlbXlbCtState = 2
+	xlbXlbCtStateXLB_CT_FIN_FWD xlbXlbCtState = 4
+	xlbXlbCtStateXLB_CT_FIN_REV xlbXlbCtState = 8
+	xlbXlbCtStateXLB_CT_RST     xlbXlbCtState = 16
+)
 
 type xlbXlbDrop uint32
 
@@ -51,40 +75,36 @@ const (
 	xlbXlbDropXLB_DROP_NO_FLOW        xlbXlbDrop = 9
 	xlbXlbDropXLB_DROP_NO_ROUTE       xlbXlbDrop = 10
 	xlbXlbDropXLB_DROP_NOT_OWNER      xlbXlbDrop = 11
-	xlbXlbDropXLB_DROP__MAX           xlbXlbDrop = 12
+	xlbXlbDropXLB_DROP_NEIGH_MISS     xlbXlbDrop = 12
+	xlbXlbDropXLB_DROP_NOT_ALLOWED    xlbXlbDrop = 13
+	xlbXlbDropXLB_DROP_FLOW_LOST      xlbXlbDrop = 14
+	xlbXlbDropXLB_DROP__MAX           xlbXlbDrop = 15
+)
+
+type xlbXlbExpiry uint32
+
+const (
+	xlbXlbExpiryXLB_EXPIRE_CLOSED    xlbXlbExpiry = 0
+	xlbXlbExpiryXLB_EXPIRE_HALF_OPEN xlbXlbExpiry = 1
+	xlbXlbExpiryXLB_EXPIRE_IDLE      xlbXlbExpiry = 2
+	xlbXlbExpiryXLB_EXPIRE_PRESSURE  xlbXlbExpiry = 3
+	xlbXlbExpiryXLB_EXPIRE_ORPHAN    xlbXlbExpiry = 4
+	xlbXlbExpiryXLB_EXPIRE__MAX      xlbXlbExpiry = 5
 )
 
 type xlbXlbFlow struct {
 	_        structs.HostLayout
-	NatSaddr uint32
-	NatDaddr uint32
-	NatSport uint16
-	NatDport uint16
-	Smac     [6]uint8
-	Dmac     [6]uint8
-	Ifindex  uint32
+	Cookie   uint64
+	Slot     uint32
 	Backend  uint32
-	Dir      xlbXlbFlowDir
+	SnatPort uint16
 	Svc      xlbXlbService
-	Flags    xlbXlbFlowFlags
-	Pad      [5]uint8
-	LastSeen uint64
+	Pad      uint8
+	Ifindex  uint32
+	Cmac     [6]uint8
+	Lmac     [6]uint8
+	_        [4]byte
 }
-
-type xlbXlbFlowDir uint8
-
-const (
-	xlbXlbFlowDirXLB_DIR_FWD xlbXlbFlowDir = 0
-	xlbXlbFlowDirXLB_DIR_REV xlbXlbFlowDir = 1
-)
-
-type xlbXlbFlowFlags uint8
-
-const (
-	xlbXlbFlowFlagsXLB_FLOW_FIN_FWD xlbXlbFlowFlags = 1
-	xlbXlbFlowFlagsXLB_FLOW_FIN_REV xlbXlbFlowFlags = 2
-	xlbXlbFlowFlagsXLB_FLOW_RST     xlbXlbFlowFlags = 4
-)
 
 type xlbXlbFlowKey struct {
 	_     structs.HostLayout
@@ -99,6 +119,14 @@ type xlbXlbLease struct {
 	ExpiresNs uint64
 }
 
+type xlbXlbNexthop struct {
+	_       structs.HostLayout
+	Smac    [6]uint8
+	Dmac    [6]uint8
+	Ifindex uint32
+	Checked uint64
+}
+
 type xlbXlbService uint8
 
 const (
@@ -106,6 +134,17 @@ const (
 	xlbXlbServiceXLB_SVC_RO   xlbXlbService = 1
 	xlbXlbServiceXLB_SVC__MAX xlbXlbService = 2
 )
+
+type xlbXlbSnat struct {
+	_          structs.HostLayout
+	Owner      uint64
+	LastSeen   uint64
+	State      xlbXlbCtState
+	ClientAddr uint32
+	ClientPort uint16
+	Svc        xlbXlbService
+	Pad        [5]uint8
+}
 
 type xlbXlbStatsSlot uint32
 
@@ -115,25 +154,37 @@ const (
 	xlbXlbStatsSlotXLB_STATS_BACKEND xlbXlbStatsSlot = 3
 )
 
+type xlbXlbSvcConf struct {
+	_     structs.HostLayout
+	Allow uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xlbMapBackendMap         = "backend_map"
-	xlbMapFlowMap            = "flow_map"
-	xlbMapLeaseMap           = "lease_map"
-	xlbMapMaglevMap          = "maglev_map"
-	xlbMapStatsMap           = "stats_map"
-	xlbProgXlbXdp            = "xlb_xdp"
-	xlbVarCfgClosedTimeoutNs = "cfg_closed_timeout_ns"
-	xlbVarCfgIdleTimeoutNs   = "cfg_idle_timeout_ns"
-	xlbVarCfgLease           = "cfg_lease"
-	xlbVarCfgPortRo          = "cfg_port_ro"
-	xlbVarCfgPortRw          = "cfg_port_rw"
-	xlbVarCfgSnatAddr        = "cfg_snat_addr"
-	xlbVarCfgSnatPortMax     = "cfg_snat_port_max"
-	xlbVarCfgSnatPortMin     = "cfg_snat_port_min"
-	xlbVarCfgVip             = "cfg_vip"
+	xlbMapAllowMap             = "allow_map"
+	xlbMapBackendIdMap         = "backend_id_map"
+	xlbMapBackendMap           = "backend_map"
+	xlbMapFlowMap              = "flow_map"
+	xlbMapLayoutMap            = "layout_map"
+	xlbMapLeaseMap             = "lease_map"
+	xlbMapMaglevMap            = "maglev_map"
+	xlbMapNexthopMap           = "nexthop_map"
+	xlbMapSnatMap              = "snat_map"
+	xlbMapStatsMap             = "stats_map"
+	xlbMapSvcMap               = "svc_map"
+	xlbProgXlbXdp              = "xlb_xdp"
+	xlbVarCfgClosedTimeoutNs   = "cfg_closed_timeout_ns"
+	xlbVarCfgHalfOpenTimeoutNs = "cfg_half_open_timeout_ns"
+	xlbVarCfgIdleTimeoutNs     = "cfg_idle_timeout_ns"
+	xlbVarCfgLease             = "cfg_lease"
+	xlbVarCfgPortRo            = "cfg_port_ro"
+	xlbVarCfgPortRw            = "cfg_port_rw"
+	xlbVarCfgSnatAddr          = "cfg_snat_addr"
+	xlbVarCfgSnatPortMax       = "cfg_snat_port_max"
+	xlbVarCfgSnatPortMin       = "cfg_snat_port_min"
+	xlbVarCfgVip               = "cfg_vip"
 )
 
 // loadXlb returns the embedded CollectionSpec for xlb.
@@ -185,26 +236,33 @@ type xlbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xlbMapSpecs struct {
-	BackendMap *ebpf.MapSpec `ebpf:"backend_map"`
-	FlowMap    *ebpf.MapSpec `ebpf:"flow_map"`
-	LeaseMap   *ebpf.MapSpec `ebpf:"lease_map"`
-	MaglevMap  *ebpf.MapSpec `ebpf:"maglev_map"`
-	StatsMap   *ebpf.MapSpec `ebpf:"stats_map"`
+	AllowMap     *ebpf.MapSpec `ebpf:"allow_map"`
+	BackendIdMap *ebpf.MapSpec `ebpf:"backend_id_map"`
+	BackendMap   *ebpf.MapSpec `ebpf:"backend_map"`
+	FlowMap      *ebpf.MapSpec `ebpf:"flow_map"`
+	LayoutMap    *ebpf.MapSpec `ebpf:"layout_map"`
+	LeaseMap     *ebpf.MapSpec `ebpf:"lease_map"`
+	MaglevMap    *ebpf.MapSpec `ebpf:"maglev_map"`
+	NexthopMap   *ebpf.MapSpec `ebpf:"nexthop_map"`
+	SnatMap      *ebpf.MapSpec `ebpf:"snat_map"`
+	StatsMap     *ebpf.MapSpec `ebpf:"stats_map"`
+	SvcMap       *ebpf.MapSpec `ebpf:"svc_map"`
 }
 
 // xlbVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xlbVariableSpecs struct {
-	CfgClosedTimeoutNs *ebpf.VariableSpec `ebpf:"cfg_closed_timeout_ns"`
-	CfgIdleTimeoutNs   *ebpf.VariableSpec `ebpf:"cfg_idle_timeout_ns"`
-	CfgLease           *ebpf.VariableSpec `ebpf:"cfg_lease"`
-	CfgPortRo          *ebpf.VariableSpec `ebpf:"cfg_port_ro"`
-	CfgPortRw          *ebpf.VariableSpec `ebpf:"cfg_port_rw"`
-	CfgSnatAddr        *ebpf.VariableSpec `ebpf:"cfg_snat_addr"`
-	CfgSnatPortMax     *ebpf.VariableSpec `ebpf:"cfg_snat_port_max"`
-	CfgSnatPortMin     *ebpf.VariableSpec `ebpf:"cfg_snat_port_min"`
-	CfgVip             *ebpf.VariableSpec `ebpf:"cfg_vip"`
+	CfgClosedTimeoutNs   *ebpf.VariableSpec `ebpf:"cfg_closed_timeout_ns"`
+	CfgHalfOpenTimeoutNs *ebpf.VariableSpec `ebpf:"cfg_half_open_timeout_ns"`
+	CfgIdleTimeoutNs     *ebpf.VariableSpec `ebpf:"cfg_idle_timeout_ns"`
+	CfgLease             *ebpf.VariableSpec `ebpf:"cfg_lease"`
+	CfgPortRo            *ebpf.VariableSpec `ebpf:"cfg_port_ro"`
+	CfgPortRw            *ebpf.VariableSpec `ebpf:"cfg_port_rw"`
+	CfgSnatAddr          *ebpf.VariableSpec `ebpf:"cfg_snat_addr"`
+	CfgSnatPortMax       *ebpf.VariableSpec `ebpf:"cfg_snat_port_max"`
+	CfgSnatPortMin       *ebpf.VariableSpec `ebpf:"cfg_snat_port_min"`
+	CfgVip               *ebpf.VariableSpec `ebpf:"cfg_vip"`
 }
 
 // xlbObjects contains all objects after they have been loaded into the kernel.
@@ -227,20 +285,32 @@ func (o *xlbObjects) Close() error {
 //
 // It can be passed to loadXlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xlbMaps struct {
-	BackendMap *ebpf.Map `ebpf:"backend_map"`
-	FlowMap    *ebpf.Map `ebpf:"flow_map"`
-	LeaseMap   *ebpf.Map `ebpf:"lease_map"`
-	MaglevMap  *ebpf.Map `ebpf:"maglev_map"`
-	StatsMap   *ebpf.Map `ebpf:"stats_map"`
+	AllowMap     *ebpf.Map `ebpf:"allow_map"`
+	BackendIdMap *ebpf.Map `ebpf:"backend_id_map"`
+	BackendMap   *ebpf.Map `ebpf:"backend_map"`
+	FlowMap      *ebpf.Map `ebpf:"flow_map"`
+	LayoutMap    *ebpf.Map `ebpf:"layout_map"`
+	LeaseMap     *ebpf.Map `ebpf:"lease_map"`
+	MaglevMap    *ebpf.Map `ebpf:"maglev_map"`
+	NexthopMap   *ebpf.Map `ebpf:"nexthop_map"`
+	SnatMap      *ebpf.Map `ebpf:"snat_map"`
+	StatsMap     *ebpf.Map `ebpf:"stats_map"`
+	SvcMap       *ebpf.Map `ebpf:"svc_map"`
 }
 
 func (m *xlbMaps) Close() error {
 	return _XlbClose(
+		m.AllowMap,
+		m.BackendIdMap,
 		m.BackendMap,
 		m.FlowMap,
+		m.LayoutMap,
 		m.LeaseMap,
 		m.MaglevMap,
+		m.NexthopMap,
+		m.SnatMap,
 		m.StatsMap,
+		m.SvcMap,
 	)
 }
 
@@ -248,15 +318,16 @@ func (m *xlbMaps) Close() error {
 //
 // It can be passed to loadXlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xlbVariables struct {
-	CfgClosedTimeoutNs *ebpf.Variable `ebpf:"cfg_closed_timeout_ns"`
-	CfgIdleTimeoutNs   *ebpf.Variable `ebpf:"cfg_idle_timeout_ns"`
-	CfgLease           *ebpf.Variable `ebpf:"cfg_lease"`
-	CfgPortRo          *ebpf.Variable `ebpf:"cfg_port_ro"`
-	CfgPortRw          *ebpf.Variable `ebpf:"cfg_port_rw"`
-	CfgSnatAddr        *ebpf.Variable `ebpf:"cfg_snat_addr"`
-	CfgSnatPortMax     *ebpf.Variable `ebpf:"cfg_snat_port_max"`
-	CfgSnatPortMin     *ebpf.Variable `ebpf:"cfg_snat_port_min"`
-	CfgVip             *ebpf.Variable `ebpf:"cfg_vip"`
+	CfgClosedTimeoutNs   *ebpf.Variable `ebpf:"cfg_closed_timeout_ns"`
+	CfgHalfOpenTimeoutNs *ebpf.Variable `ebpf:"cfg_half_open_timeout_ns"`
+	CfgIdleTimeoutNs     *ebpf.Variable `ebpf:"cfg_idle_timeout_ns"`
+	CfgLease             *ebpf.Variable `ebpf:"cfg_lease"`
+	CfgPortRo            *ebpf.Variable `ebpf:"cfg_port_ro"`
+	CfgPortRw            *ebpf.Variable `ebpf:"cfg_port_rw"`
+	CfgSnatAddr          *ebpf.Variable `ebpf:"cfg_snat_addr"`
+	CfgSnatPortMax       *ebpf.Variable `ebpf:"cfg_snat_port_max"`
+	CfgSnatPortMin       *ebpf.Variable `ebpf:"cfg_snat_port_min"`
+	CfgVip               *ebpf.Variable `ebpf:"cfg_vip"`
 }
 
 // xlbPrograms contains all programs after they have been loaded into the kernel.

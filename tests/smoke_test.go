@@ -178,8 +178,8 @@ func testRW(ctx context.Context, t *testing.T, dp *loader.Datapath, cl *lab.Node
 	if rw.NewFlows != 1 {
 		t.Errorf("rw new_flows = %d, want 1", rw.NewFlows)
 	}
-	if rw.DropTotal() != 0 || rw.NeighPass != 0 || rw.RSTs != 0 {
-		t.Errorf("rw: drops %v, neigh_pass %d, rsts %d; want none", rw.Drops, rw.NeighPass, rw.RSTs)
+	if rw.DropTotal() != 0 || rw.RSTs != 0 {
+		t.Errorf("rw: drops %v, rsts %d; want none", rw.Drops, rw.RSTs)
 	}
 	if be := st.Backends[netip.AddrPortFrom(pg1Addr, lab.PostgresPort)]; be.Packets == 0 || be.NewFlows != 1 {
 		t.Errorf("backend pg1: packets %d, new_flows %d; want > 0 and 1", be.Packets, be.NewFlows)

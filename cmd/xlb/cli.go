@@ -207,8 +207,16 @@ func printStatus(w io.Writer, v StatusView) {
 			fmt.Fprintf(w, "  %-16s %d\n", r, v.Total.Drops[r])
 		}
 	}
-	if v.Total.NeighPass > 0 {
-		fmt.Fprintf(w, "\nSYNs passed to the kernel for neighbour resolution: %d\n", v.Total.NeighPass)
+	if len(v.Total.Expired) > 0 {
+		fmt.Fprintln(w, "\nSNAT ports taken back:")
+		reasons := make([]string, 0, len(v.Total.Expired))
+		for r := range v.Total.Expired {
+			reasons = append(reasons, r)
+		}
+		slices.Sort(reasons)
+		for _, r := range reasons {
+			fmt.Fprintf(w, "  %-16s %d\n", r, v.Total.Expired[r])
+		}
 	}
 }
 

@@ -1,0 +1,293 @@
+package loader_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/xlb-dev/xlb/loader"
+)
+
+// establish completes the handshake of the flow from cport whose SYN went
+// to backend on SNAT port snat: the backend's SYN-ACK reaches the client,
+// the client's ACK reaches the backend.
+func establish(t *testing.T, f *fixture, backend netip.AddrPort, cport, snat uint16) {
+	t.Helper()
+	reply(t, f, backend, snat, syn|ack, cport)
+	if _, p := forward(t, f, clientPkt(cport, 3000, ack, nil)); p != snat {
+		t.Fatalf("flow from %d moved from SNAT port %d to %d", cport, snat, p)
+	}
+}
+
+// reply sends the backend's packet on SNAT port snat and checks it reaches
+// the client on port cport (VIP:3000 as its source), checksums valid.
+func reply(t *testing.T, f *fixture, backend netip.AddrPort, snat uint16, flags uint8, cport uint16) {
+	t.Helper()
+	in := replyOf(backend, snat, flags)
+	v, out := f.run(t, in.build())
+	wantVerdict(t, v, xdpTX)
+	r, err := parseTCP(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.src != ap(vip, 3000) || r.dst != ap(client, cport) || r.flags != flags {
+		t.Fatalf("reply on port %d: %v -> %v flags %#x, want %v -> %v flags %#x", snat, r.src, r.dst, r.flags,
+			ap(vip, 3000), ap(client, cport), flags)
+	}
+	if r.dstMAC != clientMAC.String() || r.srcMAC != lbMAC.String() {
+		t.Fatalf("reply MACs %s -> %s, want %s -> %s", r.srcMAC, r.dstMAC, lbMAC, clientMAC)
+	}
+}
+
+// expectRST runs in and wants a RST back out of the interface it came in on.
+func expectRST(t *testing.T, f *fixture, in pkt) {
+	t.Helper()
+	v, out := f.run(t, in.build())
+	wantVerdict(t, v, xdpTX)
+	r, err := parseTCP(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.flags&rst == 0 || r.dst.Port() != in.sport {
+		t.Fatalf("got %+v, want a RST to port %d", r, in.sport)
+	}
+}
+
+func flowOf(t *testing.T, f *fixture, cport uint16) (loader.Flow, bool) {
+	t.Helper()
+	flows, err := f.dp.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fl := range flows {
+		if fl.Client == ap(client, cport) {
+			return fl, true
+		}
+	}
+	return loader.Flow{}, false
+}
+
+type flowState struct{ Exists, Established, Closed bool }
+
+func stateOf(t *testing.T, f *fixture, cport uint16) flowState {
+	t.Helper()
+	fl, ok := flowOf(t, f, cport)
+	return flowState{ok, fl.Established, fl.Closed}
+}
+
+// TestConntrackTransitions walks flows through every state change, each
+// step a packet in one direction and the state Flows reports after it.
+func TestConntrackTransitions(t *testing.T) {
+	f := newFixture(t, snatPorts)
+	primary := ap(pg1, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
+		t.Fatal(err)
+	}
+	type step struct {
+		name  string
+		rev   bool  // backend -> client
+		flags uint8 // TCP flags
+		want  flowState
+	}
+	open := []step{
+		{"syn", false, syn, flowState{true, false, false}},
+		{"syn retransmitted", false, syn, flowState{true, false, false}},
+		{"ack before syn-ack", false, ack, flowState{true, false, false}},
+		{"syn-ack", true, syn | ack, flowState{true, false, false}},
+		{"ack", false, ack, flowState{true, true, false}},
+		{"data", false, ack | psh, flowState{true, true, false}},
+		{"reply data", true, ack | psh, flowState{true, true, false}},
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"client closes first", append(append([]step{}, open...),
+			step{"client fin", false, fin | ack, flowState{true, true, false}},
+			step{"backend fin", true, fin | ack, flowState{true, true, true}},
+			step{"last ack", false, ack, flowState{true, true, true}},
+		)},
+		{"backend closes first", append(append([]step{}, open...),
+			step{"backend fin", true, fin | ack, flowState{true, true, false}},
+			step{"client fin", false, fin | ack, flowState{true, true, true}},
+		)},
+		{"client resets", append(append([]step{}, open...),
+			step{"client rst", false, rst | ack, flowState{true, true, true}},
+		)},
+		{"backend resets", append(append([]step{}, open...),
+			step{"backend rst", true, rst | ack, flowState{true, true, true}},
+		)},
+		{"backend refuses", []step{
+			{"syn", false, syn, flowState{true, false, false}},
+			{"rst", true, rst | ack, flowState{true, false, true}},
+		}},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cport := uint16(45000 + i)
+			var snat uint16
+			for _, s := range tt.steps {
+				if s.rev {
+					reply(t, f, primary, snat, s.flags, cport)
+				} else {
+					_, p := forward(t, f, clientPkt(cport, 3000, s.flags, nil))
+					if snat != 0 && p != snat {
+						t.Fatalf("%s: SNAT port moved from %d to %d", s.name, snat, p)
+					}
+					snat = p
+				}
+				if diff := cmp.Diff(s.want, stateOf(t, f, cport)); diff != "" {
+					t.Fatalf("after %s (-want +got):\n%s", s.name, diff)
+				}
+			}
+		})
+	}
+}
+
+// TestPortReuseAfterClose gives the datapath one SNAT port: once a closed
+// flow's linger passes, a new client gets its port, the old client's late
+// packet gets a RST, and the expiry is counted as "closed".
+func TestPortReuseAfterClose(t *testing.T) {
+	f := newFixtureWith(t, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: loader.PortRange{Min: 20000, Max: 20000},
+		SkipPortCheck: true, ClosedTimeout: time.Second})
+	primary := ap(pg1, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
+		t.Fatal(err)
+	}
+	_, port := forward(t, f, clientPkt(46000, 3000, syn, nil))
+	establish(t, f, primary, 46000, port)
+	forward(t, f, clientPkt(46000, 3000, fin|ack, nil))
+	reply(t, f, primary, port, fin|ack, 46000)
+
+	// Past the linger the port is taken back as "closed".
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("closed flow's port not taken back within 5 s")
+		}
+		st := stateOf(t, f, 46000)
+		if !st.Exists {
+			t.Fatal("closed flow vanished before a SYN took its port")
+		}
+		fl, _ := flowOf(t, f, 46000)
+		if fl.Idle > 1100*time.Millisecond {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // polling the flow's idle time, bounded by deadline
+	}
+	_, p2 := forward(t, f, clientPkt(46001, 3000, syn, nil))
+	if p2 != port {
+		t.Fatalf("new flow got port %d, want the freed %d", p2, port)
+	}
+	if st := stateOf(t, f, 46000); st.Exists {
+		t.Fatalf("old flow still listed after its port was taken: %+v", st)
+	}
+	expectRST(t, f, clientPkt(46000, 3000, ack, nil))
+	st, err := f.dp.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Services[loader.RW].Expired["closed"]; got != 1 {
+		t.Fatalf("closed expiries %d, want 1 (%v)", got, st.Services[loader.RW].Expired)
+	}
+}
+
+// TestHalfOpenExpiry checks both ways a half-open flow loses its port: at
+// once to a SYN that finds no free port (pressure), and after the
+// half-open timeout. An established flow is never taken.
+func TestHalfOpenExpiry(t *testing.T) {
+	f := newFixtureWith(t, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: loader.PortRange{Min: 20000, Max: 20001},
+		SkipPortCheck: true, HalfOpenTimeout: time.Second})
+	primary := ap(pg1, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
+		t.Fatal(err)
+	}
+	_, estPort := forward(t, f, clientPkt(47000, 3000, syn, nil))
+	establish(t, f, primary, 47000, estPort)
+
+	_, halfPort := forward(t, f, clientPkt(47001, 3000, syn, nil))
+	// Pressure: the only other port is established, so the half-open one goes.
+	_, p := forward(t, f, clientPkt(47002, 3000, syn, nil))
+	if p != halfPort {
+		t.Fatalf("SYN under pressure got port %d, want the half-open flow's %d", p, halfPort)
+	}
+	expectRST(t, f, clientPkt(47001, 3000, ack, nil)) // the evicted client's ACK
+	// The evicted flow's late SYN-ACK now belongs to 47002's port: it goes
+	// to 47002, whose stack answers it (a new SYN reuses the tuple).
+	st, _ := f.dp.Stats()
+	if got := st.Services[loader.RW].Expired["pressure"]; got != 1 {
+		t.Fatalf("pressure expiries %d, want 1 (%v)", got, st.Services[loader.RW].Expired)
+	}
+
+	// Timeout: 47002 stays half-open past the timeout; its port is then
+	// "half_open" expired, not "pressure", when a SYN needs it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fl, ok := flowOf(t, f, 47002)
+		if !ok {
+			t.Fatal("half-open flow vanished")
+		}
+		if fl.Idle > 1100*time.Millisecond {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("half-open flow not idle past 1.1 s within 5 s")
+		}
+		time.Sleep(50 * time.Millisecond) // polling the flow's idle time, bounded by deadline
+	}
+	_, p = forward(t, f, clientPkt(47003, 3000, syn, nil))
+	if p != halfPort {
+		t.Fatalf("SYN got port %d, want the expired half-open flow's %d", p, halfPort)
+	}
+	st, _ = f.dp.Stats()
+	if got := st.Services[loader.RW].Expired["half_open"]; got != 1 {
+		t.Fatalf("half_open expiries %d, want 1 (%v)", got, st.Services[loader.RW].Expired)
+	}
+	// The established flow kept its port throughout.
+	if _, p := forward(t, f, clientPkt(47000, 3000, ack|psh, []byte("x"))); p != estPort {
+		t.Fatalf("established flow moved from port %d to %d", estPort, p)
+	}
+	// With both ports taken by an established flow and a fresh half-open
+	// one, a SYN takes the half-open one; with both established, it drops.
+	establish(t, f, primary, 47003, halfPort)
+	v, _ := f.run(t, clientPkt(47004, 3000, syn, nil).build())
+	wantVerdict(t, v, xdpDrop)
+}
+
+// TestIdleExpiry checks an established flow idle past idle_timeout loses
+// its port to a SYN that needs it (its forward entry goes with it), and
+// its client then gets a RST.
+func TestIdleExpiry(t *testing.T) {
+	f := newFixtureWith(t, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: loader.PortRange{Min: 20000, Max: 20000},
+		SkipPortCheck: true, IdleTimeout: time.Second})
+	primary := ap(pg1, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
+		t.Fatal(err)
+	}
+	_, port := forward(t, f, clientPkt(48000, 3000, syn, nil))
+	establish(t, f, primary, 48000, port)
+	v, _ := f.run(t, clientPkt(48001, 3000, syn, nil).build())
+	wantVerdict(t, v, xdpDrop) // established and fresh: not taken
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fl, _ := flowOf(t, f, 48000)
+		if fl.Idle > 1100*time.Millisecond {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("flow not idle past 1.1 s within 5 s")
+		}
+		time.Sleep(50 * time.Millisecond) // polling the flow's idle time, bounded by deadline
+	}
+	if _, p := forward(t, f, clientPkt(48001, 3000, syn, nil)); p != port {
+		t.Fatalf("SYN got port %d, want the idle flow's %d", p, port)
+	}
+	expectRST(t, f, clientPkt(48000, 3000, ack, nil))
+	st, _ := f.dp.Stats()
+	rw := st.Services[loader.RW]
+	if rw.Expired["idle"] != 1 || rw.Drops["no_flow"] != 1 {
+		t.Fatalf("idle expiries %d, no_flow drops %d, want 1 and 1", rw.Expired["idle"], rw.Drops["no_flow"])
+	}
+}
