@@ -98,7 +98,7 @@ static __always_inline struct xlb_flow_key flow_key_of(const struct xlb_snat *s)
  * cannot push live flows out of the LRU), counts why, and fills s for the
  * new flow. */
 static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie, int why,
-				     const struct xlb_flow_key *fk, __u32 svc, __u64 now)
+				     const struct xlb_flow_key *fk, __u32 svc)
 {
 	struct xlb_flow_key vk = flow_key_of(s);
 	__u32 vsvc = s->svc;
@@ -113,7 +113,9 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
 		count_expired(vsvc, why);
 	}
 	s->state = 0;
-	s->last_seen = now;
+	/* A fine clock here: under a flood, "oldest half-open" must order
+	 * flows claimed within one coarse tick. */
+	s->last_seen = bpf_ktime_get_ns();
 	s->client_addr = fk->saddr;
 	s->client_port = fk->sport;
 	s->svc = svc;
@@ -148,14 +150,14 @@ static __always_inline long snat_claim(__u32 id, __u32 hash, __u64 cookie, __u64
 		__u64 owner = s->owner;
 
 		if (!owner) {
-			if (snat_take(s, 0, cookie, 0, fk, svc, now))
+			if (snat_take(s, 0, cookie, 0, fk, svc))
 				return idx;
 			continue;
 		}
 		int why = ct_expired(s, now);
 
 		if (why >= 0) {
-			if (snat_take(s, owner, cookie, why, fk, svc, now))
+			if (snat_take(s, owner, cookie, why, fk, svc))
 				return idx;
 			continue;
 		}
@@ -171,7 +173,7 @@ static __always_inline long snat_claim(__u32 id, __u32 hash, __u64 cookie, __u64
 		return -1;
 	struct xlb_snat *s = snat_slot(victim);
 
-	if (s && snat_take(s, victim_owner, cookie, XLB_EXPIRE_PRESSURE, fk, svc, now))
+	if (s && snat_take(s, victim_owner, cookie, XLB_EXPIRE_PRESSURE, fk, svc))
 		return victim;
 	return -1;
 }

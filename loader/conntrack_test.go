@@ -291,3 +291,166 @@ func TestIdleExpiry(t *testing.T) {
 		t.Fatalf("idle expiries %d, no_flow drops %d, want 1 and 1", rw.Expired["idle"], rw.Drops["no_flow"])
 	}
 }
+
+// TestEviction loses one direction of an established flow at a time: the
+// other direction notices at its next packet, ends the flow and answers
+// with a RST, so no port ends up shared by two flows.
+func TestEviction(t *testing.T) {
+	f := newFixture(t, snatPorts)
+	primary := ap(pg1, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("forward entry evicted", func(t *testing.T) {
+		_, port := forward(t, f, clientPkt(49000, 3000, syn, nil))
+		establish(t, f, primary, 49000, port)
+		if err := f.dp.EvictForward(ap(client, 49000), ap(vip, 3000)); err != nil {
+			t.Fatal(err)
+		}
+		// The backend's next packet gets a RST from the SNAT port (its
+		// session ends instead of leaking), and the slot is free again.
+		in := replyOf(primary, port, ack|psh)
+		v, out := f.run(t, in.build())
+		wantVerdict(t, v, xdpTX)
+		r, err := parseTCP(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.flags&rst == 0 || r.src != ap(lbAddr, port) || r.dst != primary {
+			t.Fatalf("backend got %+v, want a RST from %v", r, ap(lbAddr, port))
+		}
+		expectRST(t, f, clientPkt(49000, 3000, ack, nil))
+		// A free slot: a later reply passes to the kernel (which has no
+		// socket on the reserved port either).
+		v, _ = f.run(t, in.build())
+		wantVerdict(t, v, xdpPass)
+		st, _ := f.dp.Stats()
+		if got := st.Services[loader.RW].Expired["orphan"]; got != 1 {
+			t.Fatalf("orphan expiries %d, want 1", got)
+		}
+	})
+	t.Run("snat slot taken", func(t *testing.T) {
+		_, port := forward(t, f, clientPkt(49001, 3000, syn, nil))
+		establish(t, f, primary, 49001, port)
+		if err := f.dp.StealSlot(ap(client, 49001), ap(vip, 3000)); err != nil {
+			t.Fatal(err)
+		}
+		// The client's next packet finds the slot owned by another flow:
+		// RST, and the forward entry is gone.
+		before, _ := f.dp.Stats()
+		expectRST(t, f, clientPkt(49001, 3000, ack|psh, []byte("x")))
+		after, _ := f.dp.Stats()
+		if got := after.Services[loader.RW].Drops["flow_lost"] - before.Services[loader.RW].Drops["flow_lost"]; got != 1 {
+			t.Fatalf("flow_lost drops grew by %d, want 1", got)
+		}
+		if _, ok := flowOf(t, f, 49001); ok {
+			t.Fatal("flow still listed after losing its slot")
+		}
+		// Its SYN makes a fresh flow on another port.
+		if _, p := forward(t, f, clientPkt(49001, 3000, syn, nil)); p == port {
+			t.Fatalf("new flow got the stolen port %d", p)
+		}
+	})
+}
+
+// TestSYNFlood floods the read/write service with spoofed SYNs (a new
+// source address and port each, through the bench harness in one
+// BPF_PROG_TEST_RUN) on a 1000-port SNAT range, many times the range:
+// established flows keep their ports in both directions, conntrack does
+// not grow past the range, and real clients connecting between flood
+// bursts get a port and complete their handshake.
+func TestSYNFlood(t *testing.T) {
+	ports := loader.PortRange{Min: 20000, Max: 20999}
+	f := newFixtureWith(t, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true})
+	primary := ap(pg1, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := loader.NewBenchHarness()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	spoofed := clientPkt(1, 3000, syn, nil)
+	spoofed.src = netip.MustParseAddr("10.99.0.1")
+	// The harness gives every run the next source: distinct across bursts.
+	if err := h.Set(f.dp.Program(), padTo(spoofed.build(), loader.BenchPacketLen), true); err != nil {
+		t.Fatal(err)
+	}
+	flood := func(n int) {
+		t.Helper()
+		err := f.ns.Do(func() error {
+			_, _, err := h.Run(padTo(spoofed.build(), loader.BenchPacketLen), f.ifindex, n)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// 200 established flows before the flood.
+	est := map[uint16]uint16{}
+	for i := range uint16(200) {
+		_, p := forward(t, f, clientPkt(30000+i, 3000, syn, nil))
+		establish(t, f, primary, 30000+i, p)
+		est[30000+i] = p
+	}
+	const bursts, burst = 50, 2000 // 100k spoofed SYNs, 100 times the range
+	ok := 0
+	for b := range bursts {
+		flood(burst)
+		// A real client between bursts: SYN, more flood, SYN-ACK, ACK.
+		cport := uint16(40000 + b)
+		v, out := f.run(t, clientPkt(cport, 3000, syn, nil).build())
+		if v != xdpTX {
+			t.Logf("real client %d: SYN verdict %s", b, verdictName[v])
+			continue
+		}
+		p, err := parseTCP(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood(100)
+		in := replyOf(primary, p.src.Port(), syn|ack)
+		v, out = f.run(t, in.build())
+		if r, err := parseTCP(out); v != xdpTX || err != nil || r.dst != ap(client, cport) {
+			t.Logf("real client %d: SYN-ACK verdict %s, to %v (%v)", b, verdictName[v], r.dst, err)
+			continue
+		}
+		if _, p2 := forward(t, f, clientPkt(cport, 3000, ack, nil)); p2 == p.src.Port() {
+			ok++
+		}
+	}
+	t.Logf("real clients that connected during the flood: %d of %d", ok, bursts)
+	if ok < bursts*9/10 {
+		t.Errorf("only %d of %d real clients connected during the flood, want at least 90%%", ok, bursts)
+	}
+	for cport, p := range est {
+		if _, got := forward(t, f, clientPkt(cport, 3000, ack|psh, []byte("x"))); got != p {
+			t.Fatalf("established flow %d moved from port %d to %d", cport, p, got)
+		}
+		reply(t, f, primary, p, ack|psh, cport)
+	}
+	n, err := f.dp.ForwardEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n > int(ports.Max-ports.Min+1)+len(est)+bursts {
+		t.Fatalf("%d forward entries after the flood, want at most the range plus live flows", n)
+	}
+	st, _ := f.dp.Stats()
+	rw := st.Services[loader.RW]
+	t.Logf("after the flood: %d forward entries, new flows %d, expired %v, drops %v", n, rw.NewFlows, rw.Expired, rw.Drops)
+	// After the flood a real client connects at once.
+	_, p := forward(t, f, clientPkt(41000, 3000, syn, nil))
+	establish(t, f, primary, 41000, p)
+}
+
+// padTo pads a frame with zeros to n bytes (the IP length stays, so the
+// padding is Ethernet trailer).
+func padTo(b []byte, n int) []byte {
+	for len(b) < n {
+		b = append(b, 0)
+	}
+	return b
+}
