@@ -68,6 +68,17 @@ func TestLease(t *testing.T) {
 	expect("new syn, lease dropped", clientPkt(44002, 3000, syn, nil).build(), xdpDrop)
 	// The flow made while leased keeps forwarding.
 	forward(t, f, clientPkt(44001, 3000, ack, []byte("SELECT 1")))
+	// Only the owner sends RSTs: a packet without a flow, or a SYN for a
+	// service without backends, is dropped silently.
+	before := notOwner()
+	expect("ack without flow, lease dropped", clientPkt(44003, 3000, ack, []byte("x")).build(), xdpDrop)
+	expect("syn without backends, lease dropped", clientPkt(44004, 3001, syn, nil).build(), xdpDrop)
+	if n := notOwner() - before; n != 2 {
+		t.Fatalf("not_owner drops grew by %d, want 2", n)
+	}
+	if st, _ := f.dp.Stats(); st.Total.RSTs != 0 {
+		t.Fatalf("%d RSTs sent without the lease", st.Total.RSTs)
+	}
 
 	// A short lease lapses by itself.
 	if err := f.dp.RenewLease(50 * time.Millisecond); err != nil {

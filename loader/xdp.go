@@ -67,16 +67,22 @@ func refuseVLAN(ifname string) error {
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", ifname, err)
 	}
-	if l.Type() == "vlan" {
-		return fmt.Errorf("attaching xdp to %s: %w: attach to a plain interface", ifname, ErrVLAN)
-	}
 	links, err := netlink.LinkList()
 	if err != nil {
 		return fmt.Errorf("listing links: %w", err)
 	}
+	return vlanConflict(l, links)
+}
+
+// vlanConflict is refuseVLAN's decision for target among links.
+func vlanConflict(target netlink.Link, links []netlink.Link) error {
+	name := target.Attrs().Name
+	if target.Type() == "vlan" {
+		return fmt.Errorf("attaching xdp to %s: %w: attach to a plain interface", name, ErrVLAN)
+	}
 	for _, o := range links {
-		if o.Type() == "vlan" && o.Attrs().ParentIndex == l.Attrs().Index {
-			return fmt.Errorf("attaching xdp to %s: %w: %s is a vlan on it", ifname, ErrVLAN, o.Attrs().Name)
+		if o.Type() == "vlan" && o.Attrs().ParentIndex == target.Attrs().Index {
+			return fmt.Errorf("attaching xdp to %s: %w: %s is a vlan on it", name, ErrVLAN, o.Attrs().Name)
 		}
 	}
 	return nil
