@@ -21,29 +21,33 @@ import (
 // Config is xlb run's configuration file; deploy/xlb.example.yaml documents
 // every field.
 type Config struct {
-	Interface             string         `yaml:"interface"`
-	XDPMode               string         `yaml:"xdp_mode"`
-	VIP                   string         `yaml:"vip"`
-	NodeAddress           string         `yaml:"node_address"`
-	Ports                 PortsConfig    `yaml:"ports"`
-	SNATPorts             string         `yaml:"snat_ports"`
-	PinPath               string         `yaml:"pin_path"`
-	Socket                string         `yaml:"socket"`
-	StateFile             string         `yaml:"state_file"`
-	Postgres              PostgresConfig `yaml:"postgres"`
-	Probe                 ProbeConfig    `yaml:"probe"`
-	MaxReadLag            *Duration      `yaml:"max_read_lag"` // nil: 30 s; 0: no limit
-	ReadFallbackToPrimary *bool          `yaml:"read_fallback_to_primary"`
-	Failover              *bool          `yaml:"failover"`
-	MaxLagOnFailover      *int64         `yaml:"max_lag_on_failover"`
-	Synchronous           bool           `yaml:"synchronous"`
-	VRRP                  VRRPConfig     `yaml:"vrrp"`
-	Nodes                 []NodeConfig   `yaml:"nodes"`
-	HTTP                  HTTPConfig     `yaml:"http"`
+	Interface             string          `yaml:"interface"`
+	XDPMode               string          `yaml:"xdp_mode"`
+	VIP                   string          `yaml:"vip"`
+	NodeAddress           string          `yaml:"node_address"`
+	Ports                 PortsConfig     `yaml:"ports"`
+	SNATPorts             string          `yaml:"snat_ports"`
+	Conntrack             ConntrackConfig `yaml:"conntrack"`
+	AllowSources          AllowConfig     `yaml:"allow_sources"`
+	PinPath               string          `yaml:"pin_path"`
+	Socket                string          `yaml:"socket"`
+	StateFile             string          `yaml:"state_file"`
+	Postgres              PostgresConfig  `yaml:"postgres"`
+	Probe                 ProbeConfig     `yaml:"probe"`
+	MaxReadLag            *Duration       `yaml:"max_read_lag"` // nil: 30 s; 0: no limit
+	ReadFallbackToPrimary *bool           `yaml:"read_fallback_to_primary"`
+	Failover              *bool           `yaml:"failover"`
+	MaxLagOnFailover      *int64          `yaml:"max_lag_on_failover"`
+	Synchronous           bool            `yaml:"synchronous"`
+	VRRP                  VRRPConfig      `yaml:"vrrp"`
+	Nodes                 []NodeConfig    `yaml:"nodes"`
+	HTTP                  HTTPConfig      `yaml:"http"`
 
 	// Parsed forms, filled by validate.
 	vip, nodeAddr netip.Addr
 	snat          loader.PortRange
+	allowRW       []netip.Prefix
+	allowRO       []netip.Prefix
 	mode          loader.Mode
 	nodes         []netip.AddrPort
 	path          string // the file LoadConfig read
@@ -53,6 +57,20 @@ type Config struct {
 type PortsConfig struct {
 	RW uint16 `yaml:"rw"`
 	RO uint16 `yaml:"ro"`
+}
+
+// ConntrackConfig holds the flow timeouts.
+type ConntrackConfig struct {
+	HalfOpenTimeout Duration `yaml:"half_open_timeout"`
+	ClosedTimeout   Duration `yaml:"closed_timeout"`
+	IdleTimeout     Duration `yaml:"idle_timeout"`
+}
+
+// AllowConfig lists, per service, the client prefixes that may open flows
+// (CIDR); empty allows everyone.
+type AllowConfig struct {
+	RW []string `yaml:"rw"`
+	RO []string `yaml:"ro"`
 }
 
 // PostgresConfig holds how probes log in.
@@ -176,6 +194,15 @@ func (c *Config) setDefaults() {
 	if c.PinPath == "" {
 		c.PinPath = loader.DefaultPinPath
 	}
+	if c.Conntrack.HalfOpenTimeout == 0 {
+		c.Conntrack.HalfOpenTimeout = Duration(10 * time.Second)
+	}
+	if c.Conntrack.ClosedTimeout == 0 {
+		c.Conntrack.ClosedTimeout = Duration(10 * time.Second)
+	}
+	if c.Conntrack.IdleTimeout == 0 {
+		c.Conntrack.IdleTimeout = Duration(24 * time.Hour)
+	}
 	if c.Socket == "" {
 		c.Socket = defaultSocket
 	}
@@ -248,6 +275,21 @@ func (c *Config) validate() error {
 	}
 	if c.snat, err = parsePortRange(c.SNATPorts); err != nil {
 		return fieldErr("snat_ports", "%v", err)
+	}
+	if d := time.Duration(c.Conntrack.HalfOpenTimeout); d < 100*time.Millisecond || d > time.Minute {
+		return fieldErr("conntrack.half_open_timeout", "%v: want 100ms to 1m", d)
+	}
+	if d := time.Duration(c.Conntrack.ClosedTimeout); d < 0 || d > 10*time.Minute {
+		return fieldErr("conntrack.closed_timeout", "%v: want 0 to 10m", d)
+	}
+	if d := time.Duration(c.Conntrack.IdleTimeout); d < time.Minute {
+		return fieldErr("conntrack.idle_timeout", "%v: want at least 1m", d)
+	}
+	if c.allowRW, err = parsePrefixes("allow_sources.rw", c.AllowSources.RW); err != nil {
+		return err
+	}
+	if c.allowRO, err = parsePrefixes("allow_sources.ro", c.AllowSources.RO); err != nil {
+		return err
 	}
 	if c.Postgres.User == "" {
 		return fieldErr("postgres.user", "required")
@@ -326,6 +368,29 @@ func (c *Config) validate() error {
 		c.nodes = append(c.nodes, ap)
 	}
 	return nil
+}
+
+// parsePrefixes parses IPv4 CIDRs; a bare address is a /32.
+func parsePrefixes(field string, ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, s := range ss {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fieldErr(fmt.Sprintf("%s[%d]", field, i), "%q is not an IPv4 CIDR", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !p.Addr().Is4() {
+			return nil, fieldErr(fmt.Sprintf("%s[%d]", field, i), "%q is not an IPv4 CIDR", s)
+		}
+		if p != p.Masked() {
+			return nil, fieldErr(fmt.Sprintf("%s[%d]", field, i), "%q has host bits set (did you mean %v?)", s, p.Masked())
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func parsePortRange(s string) (loader.PortRange, error) {

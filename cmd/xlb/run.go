@@ -108,6 +108,10 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		SNATPorts: cfg.snat,
 		PinPath:   cfg.PinPath,
 		Lease:     cfg.VRRP.Enabled,
+
+		HalfOpenTimeout: time.Duration(cfg.Conntrack.HalfOpenTimeout),
+		ClosedTimeout:   time.Duration(cfg.Conntrack.ClosedTimeout),
+		IdleTimeout:     time.Duration(cfg.Conntrack.IdleTimeout),
 	})
 	if errors.Is(err, loader.ErrSNATOverlap) {
 		return &ConfigError{Field: "snat_ports", Err: err}
@@ -123,6 +127,12 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		}
 		dp.Close()
 	}()
+	if err := dp.SetAllowSources(loader.RW, cfg.allowRW); err != nil {
+		return err
+	}
+	if err := dp.SetAllowSources(loader.RO, cfg.allowRO); err != nil {
+		return err
+	}
 	if err := loader.EnableForwarding(cfg.Interface); err != nil {
 		return err
 	}
