@@ -15,6 +15,7 @@
 #include "config.h"
 #include "csum.h"
 #include "hash.h"
+#include "icmp.h"
 #include "lb.h"
 #include "maps.h"
 #include "nat.h"
@@ -186,6 +187,8 @@ static __always_inline int handle_vip(struct xdp_md *ctx, void *data_end, struct
 			return XDP_PASS;
 		return drop(svc_slot(svc), XLB_DROP_NOT_TCP);
 	}
+	if (ip->protocol == IPPROTO_ICMP)
+		return icmp_to_vip(ctx, data_end, eth, ip);
 	if (ip->protocol != IPPROTO_TCP)
 		return XDP_PASS;
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
@@ -218,6 +221,8 @@ static __always_inline int handle_vip(struct xdp_md *ctx, void *data_end, struct
 static __always_inline int handle_reply(struct xdp_md *ctx, void *data_end, struct eth_hdr *eth,
 					struct ipv4_hdr *ip)
 {
+	if (ip->version == 4 && ip->protocol == IPPROTO_ICMP)
+		return icmp_to_snat(ctx, data_end, eth, ip);
 	if (ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_TCP ||
 	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return XDP_PASS;
