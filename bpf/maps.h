@@ -41,7 +41,6 @@
  * live in snat_map, which never evicts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);	/* per-CPU LRU lists: no shared lock */
 	__uint(max_entries, MAX_FLOWS);
 	__type(key, struct xlb_flow_key);
 	__type(value, struct xlb_flow);
