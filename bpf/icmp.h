@@ -111,14 +111,14 @@ static __always_inline int icmp_to_vip(struct xdp_md *ctx, void *data_end, struc
 		.sport = e->dport,
 		.dport = e->sport,
 	};
-	struct xlb_flow *f = bpf_map_lookup_elem(&flow_map, &fk);
+	struct xlb_flow *f = flow_find(&fk, flow_hash(&fk));
 
 	if (!f)
 		return drop(svc_slot(svc), XLB_DROP_NO_FLOW);
-	struct xlb_snat *s = snat_slot(f->slot);
+	struct xlb_snat *s = flow_live(f->cookie, &fk);
 	struct xlb_backend *be = backend_alive(f->backend);
 
-	if (!s || s->owner != f->cookie || !be)
+	if (!s || !be)
 		return drop(svc_slot(svc), XLB_DROP_NO_FLOW);
 	enum xlb_drop reason = XLB_DROP_NO_ROUTE;
 	struct xlb_nexthop *nh = nexthop(ctx, f->backend, be, bpf_ktime_get_coarse_ns(),
@@ -159,7 +159,7 @@ static __always_inline int icmp_to_snat(struct xdp_md *ctx, void *data_end, stru
 	if (!s || !s->owner)
 		return XDP_PASS;
 	struct xlb_flow_key fk = flow_key_of(s);
-	struct xlb_flow *f = bpf_map_lookup_elem(&flow_map, &fk);
+	struct xlb_flow *f = flow_find(&fk, flow_hash(&fk));
 
 	if (!f || f->cookie != s->owner)
 		return XDP_PASS;

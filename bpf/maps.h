@@ -12,7 +12,8 @@
 #include <bpf/bpf_helpers.h>
 #include "structs.h"
 
-/* MAX_FLOWS bounds the forward conntrack entries (one a flow). */
+/* MAX_FLOWS is the size of the forward conntrack table (one entry a
+ * flow); keep it well above the flows expected, as in any hash table. */
 #ifndef MAX_FLOWS
 #define MAX_FLOWS (1 << 18)
 #endif
@@ -35,14 +36,19 @@
 
 #define STATS_SLOTS (XLB_STATS_BACKEND + MAX_BACKENDS)
 
-/* flow_map is the forward conntrack: the client's tuple as received -> the
- * flow's SNAT slot and client-side next hop. An entry the LRU evicts only
- * loses the flow (the slot's owner check catches it); the slots themselves
- * live in snat_map, which never evicts. */
+/* FLOW_PROBES bounds the entries a flow_map lookup or insert probes. */
+#define FLOW_PROBES 16
+
+/* flow_map is the forward conntrack: an open-addressed hash table (linear
+ * probing from the tuple's hash, tombstones on delete) of xlb_flow, in an
+ * array so that a new flow takes no lock: it claims an entry with a
+ * compare-and-swap. Entries of dead or expired flows are taken back by
+ * inserts; nothing is evicted behind a live flow's back. MAX_FLOWS must be
+ * a power of two. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_FLOWS);
-	__type(key, struct xlb_flow_key);
+	__type(key, __u32);
 	__type(value, struct xlb_flow);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } flow_map SEC(".maps");

@@ -73,14 +73,6 @@ static __always_inline void ct_touch(struct xlb_snat *s, __u64 now, __u32 bits)
 		s->last_seen = now;
 }
 
-/* new_cookie returns a random non-zero owner word. */
-static __always_inline __u64 new_cookie(void)
-{
-	__u64 c = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
-
-	return c ? c : 1;
-}
-
 /* flow_key_of returns the forward key of the flow owning s. */
 static __always_inline struct xlb_flow_key flow_key_of(const struct xlb_snat *s)
 {
@@ -93,10 +85,95 @@ static __always_inline struct xlb_flow_key flow_key_of(const struct xlb_snat *s)
 	return k;
 }
 
+/* flow_hash is the hash of a client tuple: flow_map's probe start, and
+ * the Maglev hash of a new flow. */
+static __always_inline __u32 flow_hash(const struct xlb_flow_key *k)
+{
+	return hash_3words(k->saddr, k->daddr, ((__u32)k->sport << 16) | k->dport, HASH_SEED_MAGLEV);
+}
+
+static __always_inline int key_eq(const struct xlb_flow_key *a, const struct xlb_flow_key *b)
+{
+	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
+	       a->dport == b->dport;
+}
+
+/* flow_find returns k's entry in flow_map (live or not: see flow_live),
+ * or NULL. */
+static __always_inline struct xlb_flow *flow_find(const struct xlb_flow_key *k, __u32 h)
+{
+	for (__u32 i = 0; i < FLOW_PROBES; i++) {
+		__u32 idx = (h + i) & (MAX_FLOWS - 1);
+		struct xlb_flow *e = bpf_map_lookup_elem(&flow_map, &idx);
+
+		if (!e)
+			return 0;
+		__u64 c = e->cookie;
+
+		if (c == XLB_FLOW_EMPTY)
+			return 0;
+		if (c != XLB_FLOW_DELETED && key_eq(&e->key, k))
+			return e;
+	}
+	return 0;
+}
+
+/* flow_live returns the SNAT slot of the flow whose entry has cookie and
+ * key k, or NULL when the slot went to another flow. */
+static __always_inline struct xlb_snat *flow_live(__u64 cookie, const struct xlb_flow_key *k)
+{
+	struct xlb_snat *s = snat_slot(cookie >> 32);
+
+	if (!s || s->owner != cookie || s->client_addr != k->saddr || s->client_port != k->sport ||
+	    svc_port(s->svc) != k->dport)
+		return 0;
+	return s;
+}
+
+/* flow_kill deletes entry e if it still has cookie. */
+static __always_inline void flow_kill(struct xlb_flow *e, __u64 cookie)
+{
+	__sync_val_compare_and_swap(&e->cookie, cookie, XLB_FLOW_DELETED);
+}
+
+/* flow_insert claims an entry for k with cookie: an empty or deleted one,
+ * or one whose flow is dead (its slot went elsewhere) or expired (its slot
+ * is freed first). It returns NULL when all FLOW_PROBES entries from h
+ * hold live flows. The caller fills the entry, key last. */
+static __always_inline struct xlb_flow *flow_insert(__u32 h, __u64 cookie, __u64 now)
+{
+	for (__u32 i = 0; i < FLOW_PROBES; i++) {
+		__u32 idx = (h + i) & (MAX_FLOWS - 1);
+		struct xlb_flow *e = bpf_map_lookup_elem(&flow_map, &idx);
+
+		if (!e)
+			return 0;
+		__u64 c = e->cookie;
+
+		if (c != XLB_FLOW_EMPTY && c != XLB_FLOW_DELETED) {
+			struct xlb_snat *s = snat_slot(c >> 32);
+
+			if (s && s->owner == c) {
+				int why = ct_expired(s, now);
+
+				if (why < 0)
+					continue;
+				__u32 vsvc = s->svc;
+
+				if (__sync_val_compare_and_swap(&s->owner, c, 0) != c)
+					continue;
+				count_expired(vsvc, why);
+			}
+		}
+		if (__sync_val_compare_and_swap(&e->cookie, c, cookie) == c)
+			return e;
+	}
+	return 0;
+}
+
 /* snat_take moves slot s from owner old to cookie with a compare-and-swap.
  * On success it deletes old's forward entry (so floods of half-open flows
- * cannot push live flows out of the LRU), counts why, and fills s for the
- * new flow. */
+ * do not fill the table), counts why, and fills s for the new flow. */
 static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie, int why,
 				     const struct xlb_flow_key *fk, __u32 svc)
 {
@@ -106,10 +183,10 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
 	if (__sync_val_compare_and_swap(&s->owner, old, cookie) != old)
 		return 0;
 	if (old) {
-		struct xlb_flow *v = bpf_map_lookup_elem(&flow_map, &vk);
+		struct xlb_flow *v = flow_find(&vk, flow_hash(&vk));
 
-		if (v && v->cookie == old)
-			bpf_map_delete_elem(&flow_map, &vk);
+		if (v)
+			flow_kill(v, old);
 		count_expired(vsvc, why);
 	}
 	s->state = 0;
@@ -124,11 +201,11 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
 
 /* snat_claim claims a (backend id, SNAT port) slot for a new flow: probing
  * up to MAX_SNAT_TRIES ports from hash, it takes the first free or expired
- * one, else the oldest half-open or closed one probed (pressure). It
- * returns the slot index, or -1 when every probed port holds a live
- * established flow. */
-static __always_inline long snat_claim(__u32 id, __u32 hash, __u64 cookie, __u64 now,
-				       const struct xlb_flow_key *fk, __u32 svc)
+ * one, else the oldest half-open or closed one probed (pressure). The
+ * owner word is the slot index << 32 | rnd. It returns that cookie, or 0
+ * when every probed port holds a live established flow. */
+static __always_inline __u64 snat_claim(__u32 id, __u32 hash, __u32 rnd, __u64 now,
+					const struct xlb_flow_key *fk, __u32 svc)
 {
 	__u32 range = snat_range();
 	__u32 tries = range < MAX_SNAT_TRIES ? range : MAX_SNAT_TRIES;
@@ -142,23 +219,24 @@ static __always_inline long snat_claim(__u32 id, __u32 hash, __u64 cookie, __u64
 			break;
 		__u32 idx = base + off;
 		struct xlb_snat *s = snat_slot(idx);
+		__u64 cookie = ((__u64)idx << 32) | rnd;
 
 		if (++off == range)
 			off = 0;
 		if (!s)
-			return -1;
+			return 0;
 		__u64 owner = s->owner;
 
 		if (!owner) {
 			if (snat_take(s, 0, cookie, 0, fk, svc))
-				return idx;
+				return cookie;
 			continue;
 		}
 		int why = ct_expired(s, now);
 
 		if (why >= 0) {
 			if (snat_take(s, owner, cookie, why, fk, svc))
-				return idx;
+				return cookie;
 			continue;
 		}
 		__u32 st = s->state;
@@ -170,12 +248,13 @@ static __always_inline long snat_claim(__u32 id, __u32 hash, __u64 cookie, __u64
 		}
 	}
 	if (!victim_owner)
-		return -1;
+		return 0;
 	struct xlb_snat *s = snat_slot(victim);
+	__u64 cookie = ((__u64)victim << 32) | rnd;
 
 	if (s && snat_take(s, victim_owner, cookie, XLB_EXPIRE_PRESSURE, fk, svc))
-		return victim;
-	return -1;
+		return cookie;
+	return 0;
 }
 
 /* snat_release frees slot s if cookie still owns it. */

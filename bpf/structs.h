@@ -35,6 +35,7 @@ enum xlb_drop {
 	XLB_DROP_NEIGH_MISS,	/* SYN while the backend's next hop MAC is unknown: the client retransmits */
 	XLB_DROP_NOT_ALLOWED,	/* SYN from a source outside the service's allow_sources */
 	XLB_DROP_FLOW_LOST,		/* packet of a flow whose SNAT port went to another flow (RST sent) */
+	XLB_DROP_TABLE_FULL,	/* SYN while every probed conntrack entry holds a live flow */
 	XLB_DROP__MAX,
 };
 
@@ -113,12 +114,21 @@ enum xlb_ct_state : __u32 {
 	XLB_CT_RST = 16,	/* either side sent RST */
 };
 
-/* xlb_flow is the forward conntrack entry, keyed by the client's tuple.
- * The flow owns the SNAT slot (backend, port) only while that slot's owner
- * word equals cookie: both directions check it, so they never disagree. */
+/* xlb_flow_cookie are the special values of xlb_flow.cookie. */
+enum xlb_flow_cookie : __u64 {
+	XLB_FLOW_EMPTY = 0,	/* never used: a lookup stops here */
+	XLB_FLOW_DELETED = 1,	/* free again, but a lookup probes on */
+};
+
+/* xlb_flow is a forward conntrack entry, in flow_map's open-addressed
+ * table. cookie is also the owner word of the flow's snat_map slot, whose
+ * index is its high 32 bits: an entry is the flow's only while the slot's
+ * owner is cookie and the slot names the same client, which both
+ * directions check. Claimed with a compare-and-swap on cookie, key
+ * written last. */
 struct xlb_flow {
-	__u64 cookie;		/* owner word of its snat_map slot */
-	__u32 slot;		/* snat_map index: backend * snat range + port - min */
+	enum xlb_flow_cookie cookie;	/* XLB_FLOW_EMPTY, XLB_FLOW_DELETED, or slot << 32 | random */
+	struct xlb_flow_key key;	/* the client's tuple as received */
 	__u32 backend;		/* backend id */
 	__be16 snat_port;
 	enum xlb_service svc;

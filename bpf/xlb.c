@@ -36,17 +36,16 @@ static __always_inline int refuse(struct xdp_md *ctx, __u32 slot, enum xlb_drop 
 }
 
 /* new_flow picks a backend for a SYN, claims a SNAT slot, stores the
- * forward entry and forwards the SYN. */
+ * forward entry and forwards the SYN. h is flow_hash(fk). */
 static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, struct ipv4_hdr *ip,
-				    struct tcp_hdr *tcp, __u32 svc, struct xlb_flow_key *fk)
+				    struct tcp_hdr *tcp, __u32 svc, const struct xlb_flow_key *fk,
+				    __u32 h)
 {
 	if (!vip_owned())
 		return drop(svc_slot(svc), XLB_DROP_NOT_OWNER);
 	if (!source_allowed(svc, ip->saddr))
 		return drop(svc_slot(svc), XLB_DROP_NOT_ALLOWED);
 
-	__u32 h = hash_3words(ip->saddr, ip->daddr, ((__u32)tcp->sport << 16) | tcp->dport,
-			      HASH_SEED_MAGLEV);
 	__u32 id = maglev_pick(svc, h);
 	struct xlb_backend *be = backend_alive(id);
 
@@ -62,32 +61,33 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 	if (!nh)
 		return drop(svc_slot(svc), reason);
 
-	__u64 cookie = new_cookie();
-	long slot = snat_claim(id, rol32(h, 16) * 0x9e3779b1, cookie, now, fk, svc);
+	__u64 cookie = snat_claim(id, rol32(h, 16) * 0x9e3779b1, bpf_get_prandom_u32(), now, fk, svc);
 
-	if (slot < 0)
+	if (!cookie)
 		return drop(svc_slot(svc), XLB_DROP_SNAT_EXHAUSTED);
+	struct xlb_flow *e = flow_insert(h, cookie, now);
 
-	struct xlb_flow fwd = {
-		.cookie = cookie,
-		.slot = slot,
-		.backend = id,
-		.snat_port = bpf_htons(cfg_snat_port_min + (__u32)slot - id * snat_range()),
-		.svc = svc,
-		.ifindex = ctx->ingress_ifindex,
-	};
-	__builtin_memcpy(fwd.cmac, eth->src, ETH_ALEN);
-	__builtin_memcpy(fwd.lmac, eth->dst, ETH_ALEN);
-
-	if (bpf_map_update_elem(&flow_map, fk, &fwd, BPF_ANY)) {
-		struct xlb_snat *s = snat_slot(slot);
+	if (!e) {
+		struct xlb_snat *s = snat_slot(cookie >> 32);
 
 		if (s)
 			snat_release(s, cookie);
-		return drop(svc_slot(svc), XLB_DROP_SNAT_EXHAUSTED);
+		return drop(svc_slot(svc), XLB_DROP_TABLE_FULL);
 	}
+	__be16 port = bpf_htons(cfg_snat_port_min + (__u32)(cookie >> 32) - id * snat_range());
+
+	e->backend = id;
+	e->snat_port = port;
+	e->svc = svc;
+	e->ifindex = ctx->ingress_ifindex;
+	__builtin_memcpy(e->cmac, eth->src, ETH_ALEN);
+	__builtin_memcpy(e->lmac, eth->dst, ETH_ALEN);
+	/* The key last: a reader matches on it. */
+	asm volatile("" ::: "memory");
+	e->key = *fk;
+
 	count_fwd(svc, id, ctx->data_end - ctx->data, 1);
-	rewrite(eth, ip, tcp, cfg_snat_addr, be->addr, fwd.snat_port, be->port, nh->smac, nh->dmac);
+	rewrite(eth, ip, tcp, cfg_snat_addr, be->addr, port, be->port, nh->smac, nh->dmac);
 	return send(ctx, nh->ifindex);
 }
 
@@ -103,31 +103,33 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct eth_hdr *et
 	};
 	__u8 flags = tcp->flags;
 	int syn = (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
-	struct xlb_flow *f = bpf_map_lookup_elem(&flow_map, &fk);
+	__u32 h = flow_hash(&fk);
+	struct xlb_flow *f = flow_find(&fk, h);
 
 	if (!f) {
 		if (syn)
-			return new_flow(ctx, eth, ip, tcp, svc, &fk);
+			return new_flow(ctx, eth, ip, tcp, svc, &fk, h);
 		return refuse(ctx, svc_slot(svc), XLB_DROP_NO_FLOW, flags);
 	}
+	__u64 cookie = f->cookie;
+	struct xlb_snat *s = flow_live(cookie, &fk);
 
-	struct xlb_snat *s = snat_slot(f->slot);
-
-	if (!s || s->owner != f->cookie) {
+	if (!s) {
 		/* Its SNAT port went to another flow: this one is over. */
-		bpf_map_delete_elem(&flow_map, &fk);
+		flow_kill(f, cookie);
 		if (syn)
-			return new_flow(ctx, eth, ip, tcp, svc, &fk);
+			return new_flow(ctx, eth, ip, tcp, svc, &fk, h);
 		return refuse(ctx, svc_slot(svc), XLB_DROP_FLOW_LOST, flags);
 	}
-	struct xlb_backend *be = backend_alive(f->backend);
+	__u32 id = f->backend;
+	struct xlb_backend *be = backend_alive(id);
 
 	if (!be) {
 		/* Backend gone: the flow ends, its packets get a RST. */
-		snat_release(s, f->cookie);
-		bpf_map_delete_elem(&flow_map, &fk);
+		snat_release(s, cookie);
+		flow_kill(f, cookie);
 		if (syn)
-			return new_flow(ctx, eth, ip, tcp, svc, &fk);
+			return new_flow(ctx, eth, ip, tcp, svc, &fk, h);
 		return refuse(ctx, svc_slot(svc), XLB_DROP_NO_FLOW, flags);
 	}
 	__u32 st = s->state;
@@ -135,8 +137,8 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct eth_hdr *et
 	if (syn && ct_closed(st)) {
 		/* The client reuses a closed tuple: a new flow; the old port
 		 * lingers with its slot. */
-		bpf_map_delete_elem(&flow_map, &fk);
-		return new_flow(ctx, eth, ip, tcp, svc, &fk);
+		flow_kill(f, cookie);
+		return new_flow(ctx, eth, ip, tcp, svc, &fk, h);
 	}
 
 	__u64 now = bpf_ktime_get_coarse_ns();
@@ -151,11 +153,11 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct eth_hdr *et
 	ct_touch(s, now, bits);
 
 	enum xlb_drop reason = XLB_DROP_NO_ROUTE;
-	struct xlb_nexthop *nh = nexthop(ctx, f->backend, be, now, bpf_ntohs(ip->tot_len), &reason);
+	struct xlb_nexthop *nh = nexthop(ctx, id, be, now, bpf_ntohs(ip->tot_len), &reason);
 
 	if (!nh)
 		return drop(svc_slot(svc), reason);
-	count_fwd(svc, f->backend, ctx->data_end - ctx->data, 0);
+	count_fwd(svc, id, ctx->data_end - ctx->data, 0);
 	rewrite(eth, ip, tcp, cfg_snat_addr, be->addr, f->snat_port, be->port, nh->smac, nh->dmac);
 	return send(ctx, nh->ifindex);
 }
@@ -257,7 +259,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, void *data_end, stru
 		return XDP_PASS;
 
 	struct xlb_flow_key fk = flow_key_of(s);
-	struct xlb_flow *f = bpf_map_lookup_elem(&flow_map, &fk);
+	struct xlb_flow *f = flow_find(&fk, flow_hash(&fk));
 	__u32 svc = s->svc;
 
 	if (!f || f->cookie != owner) {

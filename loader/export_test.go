@@ -1,42 +1,58 @@
 package loader
 
 import (
+	"fmt"
 	"net/netip"
 )
 
-// EvictForward deletes the forward entry of the flow from c to v, as the
-// LRU would evict it.
+// findEntry returns the live forward entry of the flow from c to v.
+func (d *Datapath) findEntry(c, v netip.AddrPort) (flowEntry, error) {
+	ents, err := d.entries()
+	if err != nil {
+		return flowEntry{}, err
+	}
+	for _, e := range ents {
+		k := e.flow.Key
+		if k.Saddr == wire32(c.Addr()) && k.Sport == wire16(c.Port()) && k.Daddr == wire32(v.Addr()) && k.Dport == wire16(v.Port()) {
+			return e, nil
+		}
+	}
+	return flowEntry{}, fmt.Errorf("no flow from %v to %v", c, v)
+}
+
+// EvictForward deletes the forward entry of the flow from c to v and
+// leaves its SNAT slot, as a lost entry would.
 func (d *Datapath) EvictForward(c, v netip.AddrPort) error {
-	return d.objs.FlowMap.Delete(&xlbXlbFlowKey{Saddr: wire32(c.Addr()), Daddr: wire32(v.Addr()),
-		Sport: wire16(c.Port()), Dport: wire16(v.Port())})
+	e, err := d.findEntry(c, v)
+	if err != nil {
+		return err
+	}
+	e.flow.Cookie = xlbXlbFlowCookieXLB_FLOW_DELETED
+	return d.objs.FlowMap.Put(e.idx, &e.flow)
 }
 
 // StealSlot gives the SNAT slot of the flow from c to v to another owner
 // while its forward entry stays, as a racing claim would.
 func (d *Datapath) StealSlot(c, v netip.AddrPort) error {
-	var f xlbXlbFlow
-	k := xlbXlbFlowKey{Saddr: wire32(c.Addr()), Daddr: wire32(v.Addr()), Sport: wire16(c.Port()), Dport: wire16(v.Port())}
-	if err := d.objs.FlowMap.Lookup(&k, &f); err != nil {
+	e, err := d.findEntry(c, v)
+	if err != nil {
 		return err
 	}
-	var s xlbXlbSnat
-	if err := d.objs.SnatMap.Lookup(f.Slot, &s); err != nil {
-		return err
-	}
-	s.Owner = f.Cookie + 1
-	return d.objs.SnatMap.Put(f.Slot, &s)
+	e.snat.Owner++
+	return d.objs.SnatMap.Put(slotOf(e.flow.Cookie), &e.snat)
 }
 
-// ForwardEntries returns how many forward entries conntrack holds, live or not.
+// ForwardEntries returns how many forward entries are in use, live or not.
 func (d *Datapath) ForwardEntries() (int, error) {
-	var (
-		k xlbXlbFlowKey
-		v xlbXlbFlow
-		n int
-	)
-	it := d.objs.FlowMap.Iterate()
-	for it.Next(&k, &v) {
-		n++
+	tab, err := d.table()
+	if err != nil {
+		return 0, err
 	}
-	return n, it.Err()
+	n := 0
+	for _, f := range tab {
+		if f.Cookie != xlbXlbFlowCookieXLB_FLOW_EMPTY && f.Cookie != xlbXlbFlowCookieXLB_FLOW_DELETED {
+			n++
+		}
+	}
+	return n, nil
 }

@@ -22,34 +22,57 @@ type Flow struct {
 	Idle        time.Duration  // since its last packet (1 s resolution)
 }
 
-// flowEntry is a forward entry with its SNAT slot, read together.
+// flowEntry is a forward entry with its index and SNAT slot, read together.
 type flowEntry struct {
-	key  xlbXlbFlowKey
+	idx  uint32
 	flow xlbXlbFlow
 	snat xlbXlbSnat
 }
 
-// entries lists the forward entries whose SNAT slot they still own (an
+// table reads the whole forward table.
+func (d *Datapath) table() ([]xlbXlbFlow, error) {
+	n := int(d.objs.FlowMap.MaxEntries())
+	vals := make([]xlbXlbFlow, n)
+	keys := make([]uint32, n)
+	var cursor ebpf.MapBatchCursor
+	got := 0
+	for got < n {
+		c, err := d.objs.FlowMap.BatchLookup(&cursor, keys[got:], vals[got:], nil)
+		got += c
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading flows: %w", err)
+		}
+	}
+	return vals[:got], nil
+}
+
+// slotOf returns the snat_map index a live cookie names.
+func slotOf(c xlbXlbFlowCookie) uint32 { return uint32(c >> 32) }
+
+// entries lists the forward entries that still own their SNAT slot (an
 // entry whose slot went to another flow is dead and skipped).
 func (d *Datapath) entries() ([]flowEntry, error) {
-	var (
-		k   xlbXlbFlowKey
-		v   xlbXlbFlow
-		out []flowEntry
-	)
-	it := d.objs.FlowMap.Iterate()
-	for it.Next(&k, &v) {
-		var s xlbXlbSnat
-		if err := d.objs.SnatMap.Lookup(v.Slot, &s); err != nil {
-			return nil, fmt.Errorf("reading snat slot %d: %w", v.Slot, err)
-		}
-		if s.Owner != v.Cookie {
+	tab, err := d.table()
+	if err != nil {
+		return nil, err
+	}
+	var out []flowEntry
+	for i := range tab {
+		f := &tab[i]
+		if f.Cookie == xlbXlbFlowCookieXLB_FLOW_EMPTY || f.Cookie == xlbXlbFlowCookieXLB_FLOW_DELETED {
 			continue
 		}
-		out = append(out, flowEntry{k, v, s})
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("listing flows: %w", err)
+		var s xlbXlbSnat
+		if err := d.objs.SnatMap.Lookup(slotOf(f.Cookie), &s); err != nil {
+			return nil, fmt.Errorf("reading snat slot %d: %w", slotOf(f.Cookie), err)
+		}
+		if s.Owner != uint64(f.Cookie) || s.ClientAddr != f.Key.Saddr || s.ClientPort != f.Key.Sport {
+			continue
+		}
+		out = append(out, flowEntry{uint32(i), *f, s})
 	}
 	return out, nil
 }
@@ -90,8 +113,8 @@ func (d *Datapath) backendsByIDLocked() map[uint32]netip.AddrPort {
 func (d *Datapath) flowOf(e *flowEntry, byID map[uint32]netip.AddrPort, now uint64) Flow {
 	st := e.snat.State
 	f := Flow{
-		Client:      netip.AddrPortFrom(addrOf(e.key.Saddr), portOf(e.key.Sport)),
-		VIP:         netip.AddrPortFrom(addrOf(e.key.Daddr), portOf(e.key.Dport)),
+		Client:      netip.AddrPortFrom(addrOf(e.flow.Key.Saddr), portOf(e.flow.Key.Sport)),
+		VIP:         netip.AddrPortFrom(addrOf(e.flow.Key.Daddr), portOf(e.flow.Key.Dport)),
 		Service:     Service(e.flow.Svc),
 		Backend:     byID[e.flow.Backend],
 		SNAT:        netip.AddrPortFrom(d.cfg.SNATAddr, portOf(e.flow.SnatPort)),
@@ -129,10 +152,11 @@ func (d *Datapath) FlushFlows() (int, error) {
 	return n, err
 }
 
-// flushWhere deletes the flows match picks (forward entry and SNAT slot)
-// and returns how many went and which. A slot is freed only while the flow
-// still owns it; XDP claims a slot only when it is free or its flow
-// expired, so a live flow's slot cannot change hands under our feet.
+// flushWhere deletes the flows match picks (it frees the SNAT slot, then
+// marks the entry deleted) and returns how many went and which. XDP claims
+// a slot or an entry only when it is free or its flow expired or died, so a
+// live flow's cannot change hands under our feet; an expired flow's may,
+// and is then counted as flushed although XDP took it first.
 // byID names the backends (see backendsByID).
 func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool, byID map[uint32]netip.AddrPort) (int, []Flow, error) {
 	ents, err := d.entries()
@@ -146,10 +170,12 @@ func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool, byID map[uint32]neti
 		if !match(&e.flow) {
 			continue
 		}
-		if err := d.objs.SnatMap.Put(e.flow.Slot, &xlbXlbSnat{}); err != nil {
-			return len(flows), flows, fmt.Errorf("freeing snat slot %d: %w", e.flow.Slot, err)
+		if err := d.objs.SnatMap.Put(slotOf(e.flow.Cookie), &xlbXlbSnat{}); err != nil {
+			return len(flows), flows, fmt.Errorf("freeing snat slot %d: %w", slotOf(e.flow.Cookie), err)
 		}
-		if err := d.objs.FlowMap.Delete(&e.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		dead := e.flow
+		dead.Cookie = xlbXlbFlowCookieXLB_FLOW_DELETED
+		if err := d.objs.FlowMap.Put(e.idx, &dead); err != nil {
 			return len(flows), flows, fmt.Errorf("deleting flow: %w", err)
 		}
 		flows = append(flows, d.flowOf(e, byID, now))

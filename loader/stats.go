@@ -24,6 +24,7 @@ var DropReasons = map[xlbXlbDrop]string{
 	xlbXlbDropXLB_DROP_NEIGH_MISS:     "neigh_miss",
 	xlbXlbDropXLB_DROP_NOT_ALLOWED:    "not_allowed",
 	xlbXlbDropXLB_DROP_FLOW_LOST:      "flow_lost",
+	xlbXlbDropXLB_DROP_TABLE_FULL:     "table_full",
 }
 
 // ExpiryReasons names why SNAT ports were taken back from flows, indexed

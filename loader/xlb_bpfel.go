@@ -46,7 +46,7 @@ type xlbXlbCounters struct {
 	Bytes    uint64
 	NewFlows uint64
 	Rsts     uint64
-	Drops    [15]uint64
+	Drops    [16]uint64
 	Expired  [5]uint64
 }
 
@@ -78,7 +78,8 @@ const (
 	xlbXlbDropXLB_DROP_NEIGH_MISS     xlbXlbDrop = 12
 	xlbXlbDropXLB_DROP_NOT_ALLOWED    xlbXlbDrop = 13
 	xlbXlbDropXLB_DROP_FLOW_LOST      xlbXlbDrop = 14
-	xlbXlbDropXLB_DROP__MAX           xlbXlbDrop = 15
+	xlbXlbDropXLB_DROP_TABLE_FULL     xlbXlbDrop = 15
+	xlbXlbDropXLB_DROP__MAX           xlbXlbDrop = 16
 )
 
 type xlbXlbExpiry uint32
@@ -94,8 +95,8 @@ const (
 
 type xlbXlbFlow struct {
 	_        structs.HostLayout
-	Cookie   uint64
-	Slot     uint32
+	Cookie   xlbXlbFlowCookie
+	Key      xlbXlbFlowKey
 	Backend  uint32
 	SnatPort uint16
 	Svc      xlbXlbService
@@ -105,6 +106,13 @@ type xlbXlbFlow struct {
 	Lmac     [6]uint8
 	_        [4]byte
 }
+
+type xlbXlbFlowCookie uint64
+
+const (
+	xlbXlbFlowCookieXLB_FLOW_EMPTY   xlbXlbFlowCookie = 0
+	xlbXlbFlowCookieXLB_FLOW_DELETED xlbXlbFlowCookie = 1
+)
 
 type xlbXlbFlowKey struct {
 	_     structs.HostLayout
