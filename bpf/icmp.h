@@ -40,9 +40,13 @@ struct icmp_err {
 static __always_inline struct icmp_err *icmp_parse(struct ipv4_hdr *ip, void *data_end)
 {
 	struct icmp_err *e = (void *)(ip + 1);
+	__u32 tot = bpf_ntohs(ip->tot_len);
 
+	/* The quote must lie inside the IP packet, not in an Ethernet trailer:
+	 * the ICMP checksum covers tot_len only. */
 	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
-	    !hdr_ok(e, sizeof(*e), data_end))
+	    !hdr_ok(e, sizeof(*e), data_end) || tot < sizeof(*ip) + sizeof(*e) ||
+	    tot > (__u32)((__u8 *)data_end - (__u8 *)ip))
 		return 0;
 	if (e->icmp.type != ICMP_DEST_UNREACH && e->icmp.type != ICMP_TIME_EXCEEDED)
 		return 0;
