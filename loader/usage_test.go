@@ -31,7 +31,7 @@ func TestUsage(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := loader.Usage{
-		Entries: 4, Capacity: empty.Capacity, Flows: 2, Active: 2,
+		Entries: 2, Capacity: empty.Capacity, Flows: 2, Active: 2, // one forward entry a flow
 		ActiveByService: map[loader.Service]int{loader.RW: 1, loader.RO: 1},
 		ActiveByBackend: map[netip.AddrPort]int{primary: 1, replica: 1},
 		SNATInUse:       2, SNATPorts: int(snatPorts.Max-snatPorts.Min) + 1,
