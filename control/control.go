@@ -419,7 +419,15 @@ func (c *Controller) checkIdentity() {
 	}
 	if best != c.sysid {
 		if c.sysid != 0 {
-			slog.Warn("cluster system identifier", "was", c.sysid, "now", best)
+			// Another cluster answers at these addresses (rebuilt with
+			// initdb): the timeline known for the old one means nothing.
+			slog.Warn("cluster system identifier changed: newest timeline read afresh", "was", c.sysid, "now", best)
+			c.latestTL = 0
+			for _, m := range c.members {
+				if m.SystemID == best {
+					c.latestTL = max(c.latestTL, m.Timeline)
+				}
+			}
 		}
 		c.sysid = best
 		c.remember()

@@ -273,8 +273,14 @@ func (c *Controller) recheck(p *plan) *plan {
 // promoted records that m is now the primary and routes writes to it.
 // Called with c.mu held.
 func (c *Controller) promoted(m *Member) {
-	c.latestTL = max(c.latestTL, m.Timeline) + 1
-	m.Role, m.Timeline = RolePrimary, c.latestTL
+	// A probe may have seen the promotion take effect already (probes run
+	// meanwhile): m is a primary on the newest timeline then, and counting
+	// one more would fence it.
+	if m.Role != RolePrimary || m.Timeline < c.latestTL {
+		c.latestTL = max(c.latestTL, m.Timeline) + 1
+		m.Role, m.Timeline = RolePrimary, c.latestTL
+		c.remember()
+	}
 	m.Streaming, m.Upstream = false, ""
 	c.writer = m
 	c.busy, c.holdRW = false, false

@@ -757,3 +757,37 @@ func TestCutRetried(t *testing.T) {
 		t.Fatalf("datapath error %q after the retry worked", st.DatapathError)
 	}
 }
+
+// TestPromotionSeenByAProbe: a probe sees the target primary on the new
+// timeline while Promote is still running (probes do not wait for it);
+// the target must take writes, not be fenced by a timeline counted twice.
+func TestPromotionSeenByAProbe(t *testing.T) {
+	for _, kind := range []string{"switchover", "failover"} {
+		t.Run(kind, func(t *testing.T) {
+			r := newRig(Config{})
+			r.pr.stopLSN = 1000
+			r.run(t, healthy)
+			target := "pg2"
+			if kind == "failover" {
+				target = "pg3"
+			}
+			r.pr.onPromote = func(context.Context) error {
+				r.clock = r.clock.Add(10 * time.Millisecond)
+				return r.c.Observe(Observation{Node: target, Time: r.clock, Timeline: 2, WALLSN: 1300})
+			}
+			if kind == "switchover" {
+				if _, err := r.c.Switchover(context.Background(), target); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				r.run(t, evs(rep3(down("pg1")), lost("pg2", 1100), lost("pg3", 1200)))
+			}
+			r.run(t, []ev{{node: target, tl: 2, lsn: 1400}})
+			m := r.c.member(target)
+			if m.Fenced || len(r.dp.pools[RW]) != 1 || r.dp.pools[RW][0] != m.Addr {
+				t.Fatalf("%s: fenced %v timeline %d (cluster %d), writers %v; want it writing",
+					target, m.Fenced, m.Timeline, r.c.Status().Timeline, r.dp.pools[RW])
+			}
+		})
+	}
+}
