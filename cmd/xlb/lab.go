@@ -74,6 +74,7 @@ var labCommand = &cli.Command{
 			},
 			Action: labDrill,
 		},
+		labChaosCommand,
 		{
 			Name:  "demo",
 			Usage: "write through VIP:3000, read back and spread reads through VIP:3001, show xlb backends",

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -262,10 +263,12 @@ func summarizeBackends(bs []Backend) string {
 	return strings.Join(parts, "; ")
 }
 
-// Application names of the drill's sessions: writers, and everything else
-// (table, checks), so a check on a node can tell writers' sessions apart.
+// Application names of the drill's sessions: writers, readers, and
+// everything else (table, checks), so a check on a node can tell writers'
+// sessions apart.
 const (
 	writerApp = "xlb-drill-writer"
+	readerApp = "xlb-drill-reader"
 	checkApp  = "xlb-drill"
 )
 
@@ -273,10 +276,14 @@ const (
 // the client namespace to addr:port: VIP:PortRW, VIP:PortRO or a node's
 // PostgresPort. The password goes in the configuration, not a string.
 func (r *Running) Connect(ctx context.Context, addr netip.Addr, port int) (*pgx.Conn, error) {
-	return r.connect(ctx, addr, port, checkApp)
+	return r.connect(ctx, addr, port, checkApp, false)
 }
 
-func (r *Running) connect(ctx context.Context, addr netip.Addr, port int, app string) (*pgx.Conn, error) {
+// connect opens a session as Connect does, for application app. A naive
+// session is opened as applications commonly do: no connect timeout and
+// no TCP keepalive (Go's dialer sends keepalives after 15 s idle; libpq
+// and most drivers leave the kernel's two hours).
+func (r *Running) connect(ctx context.Context, addr netip.Addr, port int, app string, naive bool) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=2 application_name=%s",
 		addr, port, quoteConnValue(User), quoteConnValue(Database), app))
 	if err != nil {
@@ -284,6 +291,12 @@ func (r *Running) connect(ctx context.Context, addr netip.Addr, port int, app st
 	}
 	cfg.Password = r.Secrets.Password
 	cfg.DialFunc = r.NS("client").DialContext
+	if naive {
+		cfg.ConnectTimeout = 0
+		cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return r.NS("client").dial(ctx, net.Dialer{KeepAlive: -1}, network, addr)
+		}
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %v:%d from %sclient: %w", addr, port, r.Prefix, err)

@@ -39,16 +39,6 @@ func (r *Running) CreateDrillTable(ctx context.Context) error {
 	return nil
 }
 
-// Ack is an INSERT the server acknowledged: its COMMIT (autocommit)
-// returned success to the client.
-type Ack struct {
-	ID     int64      `json:"id"`
-	Client int        `json:"client"`
-	Server netip.Addr `json:"server"` // inet_server_addr() of the session
-	Sent   time.Time  `json:"sent"`   // the INSERT left the client
-	At     time.Time  `json:"at"`     // its acknowledgement arrived
-}
-
 // WriterID returns the row id of a writer's seq'th INSERT (seq from 1):
 // unique over tags (trials) below 9,000,000, clients below 1,000 and seq
 // below 1e9.
@@ -56,72 +46,161 @@ func WriterID(tag, client int, seq int64) int64 {
 	return int64(tag)*1_000_000_000_000 + int64(client)*1_000_000_000 + seq
 }
 
-// Writer pacing: a failed session is replaced after reconnectPause, so the
-// first INSERT after a failover is at most this late; connectTimeout and
-// statementTimeout bound a dial and an INSERT on a server that vanished
-// without a word (a cut link).
+// Writer pacing of the drill: a failed session is replaced after
+// reconnectPause, so the first INSERT after a failover is at most this
+// late; connectTimeout and statementTimeout bound a dial and an INSERT on
+// a server that vanished without a word (a cut link).
 const (
 	reconnectPause   = 10 * time.Millisecond
 	connectTimeout   = 2 * time.Second
 	statementTimeout = 5 * time.Second
 )
 
-const insertSQL = "INSERT INTO " + DrillTable + " (id, trial, client, ts) VALUES ($1, $2, $3, clock_timestamp()) RETURNING host(inet_server_addr())"
+// insertSQL inserts a row and returns the server's address and timeline
+// (the first 8 hex digits of the current WAL file's name).
+const insertSQL = "INSERT INTO " + DrillTable + " (id, trial, client, ts) VALUES ($1, $2, $3, clock_timestamp()) " +
+	"RETURNING host(inet_server_addr()), ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
 
-// Writers are client sessions in the lab's client namespace, each
-// inserting rows into DrillTable through VIP:PortRW one after another
-// (autocommit) and recording every acknowledged one. A session that fails
-// is closed and replaced after reconnectPause, until Stop.
-type Writers struct {
+// readSQL is a reader's statement: which server answered.
+const readSQL = "SELECT host(inet_server_addr())"
+
+// ClientOptions says how a set of Clients behaves.
+type ClientOptions struct {
+	// Clients is how many sessions run side by side.
+	Clients int
+	// Tag marks the rows of writers (DrillTable's trial, and ids
+	// WriterID(Tag, client, seq)).
+	Tag int
+	// Port is PortRW (INSERTs into DrillTable) or PortRO (reads, readSQL).
+	Port int
+	// Naive clients set no timeout at all, as applications rarely do: a
+	// dial or a statement blocks until the server, the network or Stop
+	// ends it. Careful ones bound each by ConnectTimeout and
+	// StatementTimeout.
+	Naive                            bool
+	ConnectTimeout, StatementTimeout time.Duration
+	// Pace is a pause between statements (0: none).
+	Pace time.Duration
+}
+
+// Clients are client sessions in the lab's client namespace, each
+// running statements through VIP:Port one after another (autocommit) and
+// recording every one the server answered: INSERTs into DrillTable
+// (writers) or readSQL (readers). A session that fails is closed and
+// replaced after reconnectPause, until Stop.
+type Clients struct {
+	opts   ClientOptions
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
 	mu   sync.Mutex
 	acks []Ack
+	ops  []Op
 	errs map[string]int
 }
 
-// StartWriters starts clients writers; their rows carry tag as the trial
-// and ids WriterID(tag, client, seq). They run until Stop or ctx ends.
+// Writers are the Clients of the drill: careful writers through VIP:PortRW.
+type Writers = Clients
+
+// Ack is a statement the server answered: for a writer an INSERT whose
+// COMMIT (autocommit) returned success to the client.
+type Ack struct {
+	ID     int64      `json:"id,omitempty"` // 0 for a read
+	Client int        `json:"client"`
+	Server netip.Addr `json:"server"`             // inet_server_addr() of the session
+	TLI    uint32     `json:"timeline,omitempty"` // the server's timeline when it ran an INSERT
+	Sent   time.Time  `json:"sent"`               // the statement left the client
+	At     time.Time  `json:"at"`                 // its answer arrived
+}
+
+// Op is a dial or statement of Clients that failed, took a second or
+// more, or was still blocked at Stop (Abandoned, End the time of Stop).
+type Op struct {
+	Client int    `json:"client"`
+	Naive  bool   `json:"naive"`
+	Step   string `json:"step"` // connect, insert, read
+	// Server is the session's server as its last answer said; invalid
+	// before the session's first answer.
+	Server    netip.Addr `json:"server"`
+	Start     time.Time  `json:"start"`
+	End       time.Time  `json:"end"`
+	Err       string     `json:"error,omitempty"`
+	Timeout   bool       `json:"timeout,omitempty"` // ended by the client's own timeout
+	Abandoned bool       `json:"abandoned,omitempty"`
+}
+
+// StartWriters starts clients careful writers (the drill's); their rows
+// carry tag as the trial and ids WriterID(tag, client, seq). They run
+// until Stop or ctx ends.
 func (r *Running) StartWriters(ctx context.Context, clients, tag int) *Writers {
+	return r.StartClients(ctx, ClientOptions{Clients: clients, Tag: tag, Port: PortRW,
+		ConnectTimeout: connectTimeout, StatementTimeout: statementTimeout})
+}
+
+// StartClients starts opts.Clients sessions; they run until Stop or ctx
+// ends.
+func (r *Running) StartClients(ctx context.Context, opts ClientOptions) *Clients {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &Writers{cancel: cancel, errs: map[string]int{}}
-	for c := range clients {
+	w := &Clients{opts: opts, cancel: cancel, errs: map[string]int{}}
+	for c := range opts.Clients {
 		w.wg.Add(1)
-		go w.run(ctx, r, tag, c)
+		go w.run(ctx, r, c)
 	}
 	return w
 }
 
-func (w *Writers) run(ctx context.Context, r *Running, tag, client int) {
+// bound returns ctx bounded by d, unless the clients are naive or d is 0.
+func (w *Clients) bound(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if w.opts.Naive || d == 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+func (w *Clients) run(ctx context.Context, r *Running, client int) {
 	defer w.wg.Done()
+	app, step := writerApp, "insert"
+	if w.opts.Port != PortRW {
+		app, step = readerApp, "read"
+	}
 	var seq int64
 	for ctx.Err() == nil {
-		cctx, cancel := context.WithTimeout(ctx, connectTimeout)
-		conn, err := r.connect(cctx, VIP, PortRW, writerApp)
+		cctx, cancel := w.bound(ctx, w.opts.ConnectTimeout)
+		start := time.Now()
+		conn, err := r.connect(cctx, VIP, w.opts.Port, app, w.opts.Naive)
 		cancel()
 		if err != nil {
-			w.failed("connect", err)
+			w.record(ctx, Op{Client: client, Step: "connect", Start: start}, err)
 			pause(ctx, reconnectPause)
 			continue
 		}
+		var server netip.Addr
 		for ctx.Err() == nil {
-			seq++
-			id := WriterID(tag, client, seq)
-			qctx, cancel := context.WithTimeout(ctx, statementTimeout)
+			qctx, cancel := w.bound(ctx, w.opts.StatementTimeout)
+			var id int64
+			var addr string
+			var tli int64
 			sent := time.Now()
-			var server string
-			err := conn.QueryRow(qctx, insertSQL, id, tag, client).Scan(&server)
+			if w.opts.Port == PortRW {
+				seq++
+				id = WriterID(w.opts.Tag, client, seq)
+				err = conn.QueryRow(qctx, insertSQL, id, w.opts.Tag, client).Scan(&addr, &tli)
+			} else {
+				err = conn.QueryRow(qctx, readSQL).Scan(&addr)
+			}
 			at := time.Now()
 			cancel()
+			if err != nil || at.Sub(sent) >= time.Second {
+				w.record(ctx, Op{Client: client, Step: step, Server: server, Start: sent, End: at}, err)
+			}
 			if err != nil {
-				w.failed("insert", err)
 				break
 			}
-			addr, _ := netip.ParseAddr(server)
+			server, _ = netip.ParseAddr(addr)
 			w.mu.Lock()
-			w.acks = append(w.acks, Ack{ID: id, Client: client, Server: addr, Sent: sent, At: at})
+			w.acks = append(w.acks, Ack{ID: id, Client: client, Server: server, TLI: uint32(tli), Sent: sent, At: at})
 			w.mu.Unlock()
+			pause(ctx, w.opts.Pace)
 		}
 		cctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		conn.Close(cctx)
@@ -130,26 +209,42 @@ func (w *Writers) run(ctx context.Context, r *Running, tag, client int) {
 	}
 }
 
-// failed counts err by the step and a coarse class, for the report.
-func (w *Writers) failed(step string, err error) {
-	class := "connection"
-	var pe *pgconn.PgError
-	switch {
-	case errors.As(err, &pe):
-		class = "SQLSTATE " + pe.Code
-	case errors.Is(err, context.DeadlineExceeded):
-		class = "timeout"
-	case errors.Is(err, context.Canceled):
-		return // Stop
+// record keeps op (ended by err, nil when it only took long) and counts
+// err by the step and a coarse class, for the report. An op that Stop
+// cut short is kept as abandoned and not counted as a failure.
+func (w *Clients) record(ctx context.Context, op Op, err error) {
+	if op.End.IsZero() {
+		op.End = time.Now()
+	}
+	op.Naive = w.opts.Naive
+	class := ""
+	if err != nil {
+		op.Err = err.Error()
+		class = "connection"
+		var pe *pgconn.PgError
+		switch {
+		case ctx.Err() != nil:
+			op.Abandoned, class = true, ""
+		case errors.As(err, &pe):
+			class = "SQLSTATE " + pe.Code
+		case errors.Is(err, context.DeadlineExceeded):
+			op.Timeout, class = true, "timeout"
+		}
 	}
 	w.mu.Lock()
-	w.errs[step+": "+class]++
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	w.ops = append(w.ops, op)
+	if class != "" {
+		w.errs[op.Step+": "+class]++
+	}
 }
 
 // pause waits d or until ctx ends: the pace of reconnects, not a wait for
 // a condition.
 func pause(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -158,15 +253,22 @@ func pause(ctx context.Context, d time.Duration) {
 	}
 }
 
+// Ops returns the failed, slow and abandoned dials and statements so far.
+func (w *Clients) Ops() []Op {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.ops)
+}
+
 // Acks returns the acknowledgements so far, in the order they arrived.
-func (w *Writers) Acks() []Ack {
+func (w *Clients) Acks() []Ack {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return slices.Clone(w.acks)
 }
 
 // Errors returns how many sessions failed, by step and class.
-func (w *Writers) Errors() map[string]int {
+func (w *Clients) Errors() map[string]int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	out := make(map[string]int, len(w.errs))
@@ -179,16 +281,12 @@ func (w *Writers) Errors() map[string]int {
 // WaitAck polls the acknowledgements every 5 ms until one arrived after
 // after and satisfies ok (nil: any), and returns the earliest such one
 // seen. It returns an error when ctx ends first.
-func (w *Writers) WaitAck(ctx context.Context, after time.Time, ok func(Ack) bool) (Ack, error) {
+func (w *Clients) WaitAck(ctx context.Context, after time.Time, ok func(Ack) bool) (Ack, error) {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	from := 0
 	for {
-		w.mu.Lock()
-		acks := w.acks[from:]
-		from = len(w.acks)
-		w.mu.Unlock()
-		if a, found := firstAck(acks, after, ok); found {
+		if a, found := firstAck(w.since(&from), after, ok); found {
 			return a, nil
 		}
 		select {
@@ -198,6 +296,16 @@ func (w *Writers) WaitAck(ctx context.Context, after time.Time, ok func(Ack) boo
 		case <-tick.C:
 		}
 	}
+}
+
+// since returns the acknowledgements from the *from'th on and moves
+// *from past them.
+func (w *Clients) since(from *int) []Ack {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	acks := w.acks[*from:]
+	*from = len(w.acks)
+	return acks
 }
 
 // firstAck returns the earliest acknowledgement in acks that arrived after
@@ -219,7 +327,7 @@ func firstAck(acks []Ack, after time.Time, ok func(Ack) bool) (Ack, bool) {
 // Stop stops the writers, waits for them and returns every
 // acknowledgement. An INSERT in flight at Stop is abandoned: its outcome
 // is unknown, so it is not counted.
-func (w *Writers) Stop() []Ack {
+func (w *Clients) Stop() []Ack {
 	w.cancel()
 	w.wg.Wait()
 	return w.Acks()
