@@ -102,7 +102,10 @@ type ChaosReport struct {
 type ChaosFaultStats struct {
 	Fault  ChaosFault `json:"fault"`
 	Cycles int        `json:"cycles"`
-	// OutageP50 and OutageMax are over the cycles that healed.
+	// ResumeP50, ResumeMax, OutageP50 and OutageMax are over the cycles
+	// that healed.
+	ResumeP50     Seconds `json:"resume_p50_s"`
+	ResumeMax     Seconds `json:"resume_max_s"`
 	OutageP50     Seconds `json:"outage_p50_s"`
 	OutageMax     Seconds `json:"outage_max_s"`
 	ReadOutageMax Seconds `json:"read_outage_max_s"`
@@ -132,9 +135,15 @@ type ChaosCycle struct {
 	// from FaultAt.
 	Healed      bool    `json:"healed"`
 	HealedAfter Seconds `json:"healed_after_s"`
-	// Outage is the longest time from FaultAt to End in which no INSERT
-	// was acknowledged (any client); ReadOutage the same for reads.
+	// Resume runs from FaultAt to the first acknowledged INSERT sent after
+	// it (by another server than the old primary when the fault took that
+	// away): the drill's outage. Outage is the longest time from FaultAt
+	// to End in which no INSERT was acknowledged (any client), so it also
+	// catches writes stopping again later (a takeover, a rejoin);
+	// ReadOutage is the same for reads.
+	Resume     Seconds `json:"resume_s"`
 	Outage     Seconds `json:"outage_s"`
+	OutageAt   Seconds `json:"outage_from_s"` // when Outage began, from FaultAt
 	ReadOutage Seconds `json:"read_outage_s"`
 	// Safety counts (see ChaosReport.OK), and the careful clients'
 	// statement or dial timeouts (waits on a dead connection).
@@ -196,7 +205,7 @@ func Chaos(ctx context.Context, opts ChaosOptions) (*ChaosReport, error) {
 	if !slices.Equal(st.Daemons, []string{"lb1", "lb2"}) {
 		return nil, fmt.Errorf("chaos on lab %s: want xlb on lb1 and lb2 (xlb lab up --lbs 2), the lab runs it on %v", opts.Prefix, st.Daemons)
 	}
-	ch := &chaos{r: r, opts: opts, rand: rand.New(rand.NewPCG(uint64(opts.Seed), 0x9e3779b97f4a7c15)),
+	ch := &chaos{r: r, opts: opts, rand: newChaosRand(opts.Seed),
 		rep: &ChaosReport{Prefix: opts.Prefix, Seed: opts.Seed, Clients: opts.Clients}}
 	ch.say("lab %s: seed %d, %d cycles, %d clients of each kind", opts.Prefix, opts.Seed, opts.Cycles, opts.Clients)
 	if _, err := ch.steady(ctx); err != nil {
@@ -213,6 +222,9 @@ func Chaos(ctx context.Context, opts ChaosOptions) (*ChaosReport, error) {
 	err = ch.run(ctx)
 	return ch.rep, err
 }
+
+// newChaosRand returns the random source of a run with seed.
+func newChaosRand(seed int64) *rand.Rand { return rand.New(rand.NewPCG(uint64(seed), 0x9e3779b97f4a7c15)) }
 
 // chaos is one run of Chaos.
 type chaos struct {

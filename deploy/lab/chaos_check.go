@@ -3,7 +3,9 @@ package lab
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -37,8 +39,14 @@ type chaosRun struct {
 func (d *chaosRun) check() {
 	for i := range d.cycles {
 		c := &d.cycles[i]
-		c.Outage = seconds(longestSilence(d.writes, c.FaultAt, c.End))
-		c.ReadOutage = seconds(longestSilence(d.reads, c.FaultAt, c.End))
+		gap, at := longestSilence(d.writes, c.FaultAt, c.End)
+		c.Outage, c.OutageAt = seconds(gap), seconds(at.Sub(c.FaultAt))
+		c.Resume = 0
+		if a, ok := firstAck(d.writes, c.FaultAt, func(a Ack) bool { return a.Sent.After(c.FaultAt) && a.Server != c.resumeNot() }); ok && !c.FaultAt.IsZero() {
+			c.Resume = seconds(a.At.Sub(c.FaultAt))
+		}
+		gap, _ = longestSilence(d.reads, c.FaultAt, c.End)
+		c.ReadOutage = seconds(gap)
 		c.Lost, c.Hung, c.SplitWrites, c.StaleReads, c.Timeouts = 0, 0, 0, 0, 0
 		c.Findings = nil
 	}
@@ -51,18 +59,18 @@ func (d *chaosRun) check() {
 		c := d.cycleAt(a.At)
 		if d.lost[a.ID] {
 			c.Lost++
-			c.finding("acknowledged INSERT %d (%v at %s) missing on the final primary", a.ID, a.Server, clock(a.At))
+			c.finding("lost", "acknowledged INSERT %d (%v at %s) missing on the final primary", a.ID, a.Server, clock(a.At))
 		}
 		if why := tl.splitWrite(a); why != "" {
 			c.SplitWrites++
-			c.finding("INSERT %d acknowledged by %v on timeline %d at %s: %s", a.ID, a.Server, a.TLI, clock(a.At), why)
+			c.finding("split", "INSERT %d acknowledged by %v on timeline %d at %s: %s", a.ID, a.Server, a.TLI, clock(a.At), why)
 		}
 	}
 	for _, r := range d.reads {
 		if d.staleRead(r) {
 			c := d.cycleAt(r.At)
 			c.StaleReads++
-			c.finding("read answered by %v at %s while it was in no read pool", r.Server, clock(r.At))
+			c.finding("stale", "read answered by %v at %s while it was in no read pool", r.Server, clock(r.At))
 		}
 	}
 	for _, op := range d.ops {
@@ -80,7 +88,7 @@ func (d *chaosRun) check() {
 			if op.Naive {
 				kind = "naive"
 			}
-			c.finding("%s client %d blocked in %s on %v from %s to %s (%.1f s after its server left or the fault)",
+			c.finding("hung", "%s client %d blocked in %s on %v from %s to %s (%.1f s after its server left or the fault)",
 				kind, op.Client, op.Step, op.Server, clock(op.Start), clock(op.End), op.End.Sub(from).Seconds())
 		}
 	}
@@ -198,11 +206,12 @@ func (d *chaosRun) blockedFrom(op Op) time.Time {
 }
 
 // longestSilence returns the longest time in [from, to] without an
-// answer in acks: from the fault to the first answer, between answers, or
-// from the last answer to to. It returns 0 when from is zero.
-func longestSilence(acks []Ack, from, to time.Time) time.Duration {
+// answer in acks (from the fault to the first answer, between answers, or
+// from the last answer to to) and when it began. It returns 0 when from
+// is zero or to not after it.
+func longestSilence(acks []Ack, from, to time.Time) (time.Duration, time.Time) {
 	if from.IsZero() || !to.After(from) {
-		return 0
+		return 0, from
 	}
 	ats := []time.Time{from}
 	for _, a := range acks {
@@ -213,19 +222,40 @@ func longestSilence(acks []Ack, from, to time.Time) time.Duration {
 	slices.SortFunc(ats, time.Time.Compare)
 	ats = append(ats, to)
 	var gap time.Duration
+	began := from
 	for i := 1; i < len(ats); i++ {
-		gap = max(gap, ats[i].Sub(ats[i-1]))
+		if d := ats[i].Sub(ats[i-1]); d > gap {
+			gap, began = d, ats[i-1]
+		}
 	}
-	return gap
+	return gap, began
 }
 
-// maxFindings bounds the findings a cycle keeps.
-const maxFindings = 10
+// maxFindings bounds the findings a cycle keeps of each kind.
+const maxFindings = 3
 
-func (c *ChaosCycle) finding(format string, args ...any) {
-	if len(c.Findings) < maxFindings {
-		c.Findings = append(c.Findings, fmt.Sprintf(format, args...))
+// finding keeps a finding of kind (lost, split, stale, hung) unless the
+// cycle has maxFindings of that kind.
+func (c *ChaosCycle) finding(kind, format string, args ...any) {
+	n := 0
+	for _, f := range c.Findings {
+		if strings.HasPrefix(f, kind+": ") {
+			n++
+		}
 	}
+	if n < maxFindings {
+		c.Findings = append(c.Findings, kind+": "+fmt.Sprintf(format, args...))
+	}
+}
+
+// resumeNot returns the server whose acknowledgements do not count as
+// writes resuming: the old primary of a fault that takes it away.
+func (c *ChaosCycle) resumeNot() netip.Addr {
+	switch c.Fault {
+	case ChaosKill, ChaosStop, ChaosPartition, ChaosVRRPCutKill:
+		return HostAddr(c.PrimaryBefore)
+	}
+	return netip.Addr{}
 }
 
 func clock(t time.Time) string { return t.Format("15:04:05.000") }
@@ -237,6 +267,7 @@ func (r *ChaosReport) summarize() {
 	r.Lost, r.Hung, r.SplitWrites, r.StaleReads, r.Timeouts = 0, 0, 0, 0, 0
 	byFault := map[ChaosFault]*ChaosFaultStats{}
 	outages := map[ChaosFault][]Seconds{}
+	resumes := map[ChaosFault][]Seconds{}
 	for _, c := range r.Cycles {
 		s := byFault[c.Fault]
 		if s == nil {
@@ -246,6 +277,7 @@ func (r *ChaosReport) summarize() {
 		s.Cycles++
 		if c.Healed {
 			outages[c.Fault] = append(outages[c.Fault], c.Outage)
+			resumes[c.Fault] = append(resumes[c.Fault], c.Resume)
 		}
 		s.ReadOutageMax = max(s.ReadOutageMax, c.ReadOutage)
 		s.Lost += c.Lost
@@ -262,6 +294,7 @@ func (r *ChaosReport) summarize() {
 	for _, f := range ChaosFaults {
 		if s := byFault[f]; s != nil {
 			s.OutageP50, s.OutageMax = percentile(outages[f], 50), percentile(outages[f], 100)
+			s.ResumeP50, s.ResumeMax = percentile(resumes[f], 50), percentile(resumes[f], 100)
 			r.Faults = append(r.Faults, *s)
 		}
 	}
@@ -277,25 +310,25 @@ func (r *ChaosReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "chaos on lab %s: %d cycles, seed %d, %s mode; %d INSERTs acknowledged, %d reads answered; final primary %s\n",
 		r.Prefix, len(r.Cycles), r.Seed, mode, r.Acknowledged, r.Reads, orDash(r.FinalPrimary))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "FAULT\tCYCLES\tOUTAGE P50\tOUTAGE MAX\tREAD OUTAGE MAX\tLOST\tHUNG\tSPLIT WRITES\tSTALE READS\tTIMEOUTS")
+	fmt.Fprintln(tw, "FAULT\tCYCLES\tRESUME P50\tRESUME MAX\tOUTAGE P50\tOUTAGE MAX\tREAD OUTAGE MAX\tLOST\tHUNG\tSPLIT WRITES\tSTALE READS\tTIMEOUTS")
 	for _, s := range r.Faults {
-		fmt.Fprintf(tw, "%s\t%d\t%.3f s\t%.3f s\t%.3f s\t%d\t%d\t%d\t%d\t%d\n", s.Fault, s.Cycles, s.OutageP50, s.OutageMax,
-			s.ReadOutageMax, s.Lost, s.Hung, s.SplitWrites, s.StaleReads, s.Timeouts)
+		fmt.Fprintf(tw, "%s\t%d\t%.3f s\t%.3f s\t%.3f s\t%.3f s\t%.3f s\t%d\t%d\t%d\t%d\t%d\n", s.Fault, s.Cycles, s.ResumeP50, s.ResumeMax,
+			s.OutageP50, s.OutageMax, s.ReadOutageMax, s.Lost, s.Hung, s.SplitWrites, s.StaleReads, s.Timeouts)
 	}
-	fmt.Fprintf(tw, "total\t%d\t\t\t\t%d\t%d\t%d\t%d\t%d\n", len(r.Cycles), r.Lost, r.Hung, r.SplitWrites, r.StaleReads, r.Timeouts)
+	fmt.Fprintf(tw, "total\t%d\t\t\t\t\t\t%d\t%d\t%d\t%d\t%d\n", len(r.Cycles), r.Lost, r.Hung, r.SplitWrites, r.StaleReads, r.Timeouts)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CYCLE\tFAULT\tTARGET\tPRIMARY BEFORE -> AFTER\tOUTAGE\tREAD OUTAGE\tLOST\tHUNG\tSPLIT\tSTALE\tTIMEOUTS\tHEALED")
+	fmt.Fprintln(tw, "CYCLE\tFAULT\tTARGET\tPRIMARY BEFORE -> AFTER\tRESUME\tOUTAGE (FROM)\tREAD OUTAGE\tLOST\tHUNG\tSPLIT\tSTALE\tTIMEOUTS\tHEALED")
 	for _, c := range r.Cycles {
 		healed := fmt.Sprintf("%.1f s", c.HealedAfter)
 		if !c.Healed {
 			healed = "no"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s -> %s\t%.3f s\t%.3f s\t%d\t%d\t%d\t%d\t%d\t%s\n", c.Cycle, c.Fault, orDash(c.Target),
-			orDash(c.PrimaryBefore), orDash(c.PrimaryAfter), c.Outage, c.ReadOutage, c.Lost, c.Hung, c.SplitWrites, c.StaleReads, c.Timeouts, healed)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s -> %s\t%.3f s\t%.3f s (+%.1f s)\t%.3f s\t%d\t%d\t%d\t%d\t%d\t%s\n", c.Cycle, c.Fault, orDash(c.Target),
+			orDash(c.PrimaryBefore), orDash(c.PrimaryAfter), c.Resume, c.Outage, c.OutageAt, c.ReadOutage, c.Lost, c.Hung, c.SplitWrites, c.StaleReads, c.Timeouts, healed)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

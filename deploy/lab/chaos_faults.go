@@ -154,10 +154,12 @@ func (ch *chaos) inject(ctx context.Context, c *ChaosCycle) error {
 		if err != nil {
 			return err
 		}
-		if t, _ := Find(bs, to); t.InPool(PortRW) {
-			c.Note += "; done"
-		} else if c.Note != "" {
-			c.Note += "; not begun"
+		if c.Fault == ChaosSwitchoverCancel {
+			if t, _ := Find(bs, to); t.InPool(PortRW) {
+				c.Note += "; the switchover completed"
+			} else {
+				c.Note += "; the switchover did not begin"
+			}
 		}
 		return nil
 
