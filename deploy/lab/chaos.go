@@ -224,7 +224,9 @@ func Chaos(ctx context.Context, opts ChaosOptions) (*ChaosReport, error) {
 }
 
 // newChaosRand returns the random source of a run with seed.
-func newChaosRand(seed int64) *rand.Rand { return rand.New(rand.NewPCG(uint64(seed), 0x9e3779b97f4a7c15)) }
+func newChaosRand(seed int64) *rand.Rand {
+	return rand.New(rand.NewPCG(uint64(seed), 0x9e3779b97f4a7c15))
+}
 
 // chaos is one run of Chaos.
 type chaos struct {

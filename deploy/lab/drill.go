@@ -134,7 +134,23 @@ type DrillTrial struct {
 	FencedSessions int `json:"fenced_sessions"`
 	// Promotion is the daemon's failover event: how long its promotion
 	// took and the WAL it estimated lost (asynchronous mode).
-	Promotion      Seconds        `json:"promotion_s"`
+	Promotion Seconds `json:"promotion_s"`
+	// The outage in phases, one after another: Detection from T0 to the
+	// daemon's decision to fail over; Promotion (above) to writes routed
+	// to the new primary; Routing from there to the start of the session
+	// that made the first acknowledged INSERT on the new primary (writers
+	// noticing their flow is gone, or waiting out a dead one, and
+	// reconnecting); FirstAck from that session's start to the
+	// acknowledgement.
+	Detection Seconds `json:"detection_s"`
+	Routing   Seconds `json:"routing_s"`
+	FirstAck  Seconds `json:"first_ack_s"`
+	// DeadWaits counts the writers that waited on a dead connection
+	// around the fault: an INSERT begun before writes resumed that ended
+	// by the writers' statement timeout; DeadWaitMax is the longest such
+	// wait.
+	DeadWaits      int            `json:"dead_waits"`
+	DeadWaitMax    Seconds        `json:"dead_wait_max_s"`
 	PromotionLoss  uint64         `json:"promotion_lost_bytes"`
 	FencedAfter    Seconds        `json:"fenced_after_revive_s"` // revive to "fenced" in xlb backends
 	Rejoin         Seconds        `json:"rejoin_s"`              // rejoin to an up replica in pool 3001; 0 when skipped
@@ -316,6 +332,7 @@ func (r *Running) trial(ctx context.Context, opts DrillOptions, i int, say func(
 	w := r.StartWriters(ctx, opts.Clients, i)
 	stopped := false
 	var newAddr netip.Addr
+	var ev ControlEvent
 	defer func() {
 		if stopped {
 			return
@@ -356,7 +373,7 @@ func (r *Running) trial(ctx context.Context, opts DrillOptions, i int, say func(
 	}
 	newAddr = first.Server
 	t.NewPrimary = hostAt(newAddr)
-	ev, err := r.waitEvent(ctx, old, t0)
+	ev, err = r.waitEvent(ctx, old, t0)
 	if err != nil {
 		return t, err
 	}
@@ -390,6 +407,7 @@ func (r *Running) trial(ctx context.Context, opts DrillOptions, i int, say func(
 	// The outage from every acknowledgement, not the first one WaitAck saw.
 	firstNew, _ := firstAck(acks, t0, func(a Ack) bool { return a.Server == newAddr })
 	t.Outage = seconds(firstNew.At.Sub(t0))
+	t.phases(ev, firstNew, w.Ops())
 	stall, stallAt := longestGap(acks, firstNew.At)
 	t.Stall, t.StallAt = seconds(stall), seconds(stallAt.Sub(t0))
 	t.Acknowledged = len(acks)
@@ -431,6 +449,44 @@ func (r *Running) trial(ctx context.Context, opts DrillOptions, i int, say func(
 	t.Rejoin = seconds(time.Since(rejoin))
 	say("trial %d: %s is a replica in pool %d after %.3f s", i, old, PortRO, t.Rejoin)
 	return t, nil
+}
+
+// phases splits the outage of t (FaultAt to first, the first
+// acknowledgement by the new primary) into Detection, Routing and
+// FirstAck around the daemon's failover event ev (its decision, then
+// Promotion), and counts the writers' dead waits in ops. Each phase
+// begins where the one before ended; one that the clocks put before it
+// counts 0.
+func (t *DrillTrial) phases(ev ControlEvent, first Ack, ops []Op) {
+	t0 := t.FaultAt
+	if ev.Time.IsZero() || first.At.IsZero() {
+		return
+	}
+	decided := later(ev.Time, t0)
+	routed := decided.Add(max(ev.Took, 0))
+	conn := later(first.Conn, routed)
+	if conn.After(first.At) {
+		conn = first.At
+	}
+	t.Detection = seconds(decided.Sub(t0))
+	t.Routing = seconds(conn.Sub(routed))
+	t.FirstAck = seconds(first.At.Sub(conn))
+	waited := map[int]bool{}
+	for _, op := range ops {
+		if op.Timeout && op.Step == "insert" && op.Start.Before(first.At) && op.End.After(t0) {
+			waited[op.Client] = true
+			t.DeadWaitMax = max(t.DeadWaitMax, seconds(op.End.Sub(op.Start)))
+		}
+	}
+	t.DeadWaits = len(waited)
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // waitEvent polls the daemon every 50 ms, for up to 10 s, until it
@@ -543,14 +599,14 @@ func reviveText(f Fault) string {
 // outage's p50 and maximum and the totals.
 func (r *DrillReport) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TRIAL\tFAULT\tOLD -> NEW PRIMARY\tOUTAGE\tACKNOWLEDGED\tLOST\tWRITES TO FENCED\tPROMOTION\tSTALL AFTER RESUME\tREJOIN")
+	fmt.Fprintln(tw, "TRIAL\tFAULT\tOLD -> NEW PRIMARY\tOUTAGE\tDETECTION\tPROMOTION\tROUTING\tFIRST ACK\tDEAD WAITS\tACKNOWLEDGED\tLOST\tWRITES TO FENCED\tSTALL AFTER RESUME\tREJOIN")
 	for _, t := range r.Trials {
 		newp := t.NewPrimary
 		if newp == "" {
 			newp = "?"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s -> %s\t%.3f s\t%d\t%d\t%d\t%.3f s\t%.3f s\t%s\n", t.Trial, t.Fault, t.OldPrimary, newp,
-			t.Outage, t.Acknowledged, t.Lost, t.FencedWrites, t.Promotion, t.Stall, rejoinText(t.Rejoin))
+		fmt.Fprintf(tw, "%d\t%s\t%s -> %s\t%.3f s\t%.3f s\t%.3f s\t%.3f s\t%.3f s\t%s\t%d\t%d\t%d\t%.3f s\t%s\n", t.Trial, t.Fault, t.OldPrimary, newp,
+			t.Outage, t.Detection, t.Promotion, t.Routing, t.FirstAck, deadWaitText(t), t.Acknowledged, t.Lost, t.FencedWrites, t.Stall, rejoinText(t.Rejoin))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -578,6 +634,13 @@ func (r *DrillReport) WriteTable(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+func deadWaitText(t DrillTrial) string {
+	if t.DeadWaits == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d (%.1f s)", t.DeadWaits, t.DeadWaitMax)
 }
 
 func rejoinText(s Seconds) string {

@@ -157,11 +157,13 @@ func TestSteady(t *testing.T) {
 
 func TestDrillReportTable(t *testing.T) {
 	rep := &DrillReport{Prefix: "xlb-", Fault: FaultKill, Clients: 4, Synchronous: true, Trials: []DrillTrial{
-		{Trial: 1, Fault: FaultKill, OldPrimary: "pg1", NewPrimary: "pg2", Outage: 0.287, Acknowledged: 5867, Promotion: 0.116, Stall: 0.034, Rejoin: 2.487},
-		{Trial: 2, Fault: FaultKill, OldPrimary: "pg2", NewPrimary: "pg1", Outage: 0.194, Acknowledged: 7344, Lost: 1, LostIDs: []int64{2000000000017}, Promotion: 0.108, Stall: 0.457},
+		{Trial: 1, Fault: FaultKill, OldPrimary: "pg1", NewPrimary: "pg2", Outage: 0.287, Acknowledged: 5867, Promotion: 0.116, Stall: 0.034, Rejoin: 2.487,
+			Detection: 0.15, Routing: 0.011, FirstAck: 0.01},
+		{Trial: 2, Fault: FaultKill, OldPrimary: "pg2", NewPrimary: "pg1", Outage: 5.194, Acknowledged: 7344, Lost: 1, LostIDs: []int64{2000000000017}, Promotion: 0.108, Stall: 0.457,
+			Detection: 0.1, Routing: 4.976, FirstAck: 0.01, DeadWaits: 4, DeadWaitMax: 5.002},
 	}}
 	rep.summarize()
-	if rep.OK() || rep.Lost != 1 || rep.OutageP50 != 0.194 || rep.OutageMax != 0.287 {
+	if rep.OK() || rep.Lost != 1 || rep.OutageP50 != 0.287 || rep.OutageMax != 5.194 {
 		t.Fatalf("summary: ok %t, lost %d, p50 %v, max %v", rep.OK(), rep.Lost, rep.OutageP50, rep.OutageMax)
 	}
 	var b bytes.Buffer
@@ -169,14 +171,40 @@ func TestDrillReportTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"TRIAL  FAULT  OLD -> NEW PRIMARY  OUTAGE   ACKNOWLEDGED  LOST  WRITES TO FENCED  PROMOTION  STALL AFTER RESUME  REJOIN",
-		"1      kill   pg1 -> pg2          0.287 s  5867          0     0                 0.116 s    0.034 s             2.487 s",
-		"2      kill   pg2 -> pg1          0.194 s  7344          1     0                 0.108 s    0.457 s             -",
-		"outage over 2 trials (kill, synchronous mode, 4 writers): p50 0.194 s, max 0.287 s; lost 1; writes to fenced 0",
+		"TRIAL  FAULT  OLD -> NEW PRIMARY  OUTAGE   DETECTION  PROMOTION  ROUTING  FIRST ACK  DEAD WAITS  ACKNOWLEDGED  LOST  WRITES TO FENCED  STALL AFTER RESUME  REJOIN",
+		"1      kill   pg1 -> pg2          0.287 s  0.150 s    0.116 s    0.011 s  0.010 s    0           5867          0     0                 0.034 s             2.487 s",
+		"2      kill   pg2 -> pg1          5.194 s  0.100 s    0.108 s    4.976 s  0.010 s    4 (5.0 s)   7344          1     0                 0.457 s             -",
+		"outage over 2 trials (kill, synchronous mode, 4 writers): p50 0.287 s, max 5.194 s; lost 1; writes to fenced 0",
 		"trial 2: lost ids [2000000000017]",
 	}
 	if diff := cmp.Diff(want, strings.Split(strings.TrimSpace(b.String()), "\n")); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
+	}
+}
+
+// TestDrillPhases splits a 5.2 s outage: detection 0.1 s, promotion
+// 0.1 s, then the writer whose INSERT acknowledged first on the new
+// primary waited out its statement timeout on a dead flow before
+// reconnecting.
+func TestDrillPhases(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	pg1 := HostAddr("pg1")
+	tr := DrillTrial{FaultAt: t0, Promotion: 0.1}
+	ev := ControlEvent{Time: at(100), Took: 100 * time.Millisecond}
+	first := Ack{Client: 2, Conn: at(5150), Sent: at(5160), At: at(5200)}
+	ops := []Op{
+		{Client: 2, Step: "insert", Server: pg1, Start: at(140), End: at(5140), Timeout: true},
+		{Client: 3, Step: "insert", Server: pg1, Start: at(-10), End: at(4990), Timeout: true},
+		{Client: 3, Step: "connect", Start: at(4995), End: at(6995), Timeout: true}, // not an INSERT
+		{Client: 1, Step: "insert", Server: pg1, Start: at(-4000), End: at(-3000), Timeout: true}, // over before the fault
+		{Client: 0, Step: "insert", Server: pg1, Start: at(-5), End: at(20)},                    // a reset: no wait
+	}
+	tr.phases(ev, first, ops)
+	got := []Seconds{tr.Detection, tr.Promotion, tr.Routing, tr.FirstAck, Seconds(tr.DeadWaits), tr.DeadWaitMax}
+	want := []Seconds{0.1, 0.1, 4.95, 0.05, 2, 5}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("detection, promotion, routing, first ack, dead waits, longest (-want +got):\n%s", diff)
 	}
 }
 

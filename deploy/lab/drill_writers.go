@@ -109,6 +109,7 @@ type Ack struct {
 	Client int        `json:"client"`
 	Server netip.Addr `json:"server"`             // inet_server_addr() of the session
 	TLI    uint32     `json:"timeline,omitempty"` // the server's timeline when it ran an INSERT
+	Conn   time.Time  `json:"session_start"`      // the session was established
 	Sent   time.Time  `json:"sent"`               // the statement left the client
 	At     time.Time  `json:"at"`                 // its answer arrived
 }
@@ -175,6 +176,7 @@ func (w *Clients) run(ctx context.Context, r *Running, client int) {
 			continue
 		}
 		var server netip.Addr
+		connected := time.Now()
 		for ctx.Err() == nil {
 			qctx, cancel := w.bound(ctx, w.opts.StatementTimeout)
 			var id int64
@@ -198,7 +200,7 @@ func (w *Clients) run(ctx context.Context, r *Running, client int) {
 			}
 			server, _ = netip.ParseAddr(addr)
 			w.mu.Lock()
-			w.acks = append(w.acks, Ack{ID: id, Client: client, Server: server, TLI: uint32(tli), Sent: sent, At: at})
+			w.acks = append(w.acks, Ack{ID: id, Client: client, Server: server, TLI: uint32(tli), Conn: connected, Sent: sent, At: at})
 			w.mu.Unlock()
 			pause(ctx, w.opts.Pace)
 		}
