@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -136,12 +137,8 @@ func labDrill(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return &ConfigError{Field: "arguments", Err: fmt.Errorf("unexpected %q: xlb lab drill takes flags only", c.Args().First())}
 	}
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop, progress := labRunContext(c)
 	defer stop()
-	progress := c.App.Writer
-	if c.Bool("json") {
-		progress = c.App.ErrWriter
-	}
 	rep, err := lab.Drill(ctx, lab.DrillOptions{
 		Prefix:  c.String("prefix"),
 		Fault:   fault,
@@ -151,16 +148,7 @@ func labDrill(c *cli.Context) error {
 		Out:     progress,
 	})
 	if rep != nil && len(rep.Trials) > 0 {
-		if c.Bool("json") {
-			if jerr := writeJSON(c.App.Writer, rep); jerr != nil {
-				return errors.Join(err, jerr)
-			}
-		} else {
-			fmt.Fprintln(c.App.Writer)
-			if terr := rep.WriteTable(c.App.Writer); terr != nil {
-				return errors.Join(err, terr)
-			}
-		}
+		err = printLabReport(c, rep, err)
 	}
 	if err != nil {
 		return err
@@ -298,12 +286,8 @@ func labChaos(c *cli.Context) error {
 		}
 		faults = append(faults, f)
 	}
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop, progress := labRunContext(c)
 	defer stop()
-	progress := c.App.Writer
-	if c.Bool("json") {
-		progress = c.App.ErrWriter
-	}
 	rep, err := lab.Chaos(ctx, lab.ChaosOptions{
 		Prefix:  c.String("prefix"),
 		Cycles:  c.Int("cycles"),
@@ -314,16 +298,7 @@ func labChaos(c *cli.Context) error {
 		Out:     progress,
 	})
 	if rep != nil && len(rep.Cycles) > 0 {
-		if c.Bool("json") {
-			if jerr := writeJSON(c.App.Writer, rep); jerr != nil {
-				return errors.Join(err, jerr)
-			}
-		} else {
-			fmt.Fprintln(c.App.Writer)
-			if terr := rep.WriteTable(c.App.Writer); terr != nil {
-				return errors.Join(err, terr)
-			}
-		}
+		err = printLabReport(c, rep, err)
 	}
 	if err != nil {
 		return err
@@ -333,4 +308,26 @@ func labChaos(c *cli.Context) error {
 			rep.Hung, rep.SplitWrites, rep.StaleReads, rep.Lost, rep.Synchronous), 1)
 	}
 	return nil
+}
+
+// labRunContext returns the context of a long lab run (ended by Ctrl-C or
+// SIGTERM) and where its progress goes: the output, or stderr with
+// --json so stdout holds only the report.
+func labRunContext(c *cli.Context) (context.Context, context.CancelFunc, io.Writer) {
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	if c.Bool("json") {
+		return ctx, stop, c.App.ErrWriter
+	}
+	return ctx, stop, c.App.Writer
+}
+
+// printLabReport prints a drill's or chaos run's report, JSON with
+// --json and its table otherwise, and returns err joined with any error
+// printing it.
+func printLabReport(c *cli.Context, rep interface{ WriteTable(io.Writer) error }, err error) error {
+	if c.Bool("json") {
+		return errors.Join(err, writeJSON(c.App.Writer, rep))
+	}
+	fmt.Fprintln(c.App.Writer)
+	return errors.Join(err, rep.WriteTable(c.App.Writer))
 }
