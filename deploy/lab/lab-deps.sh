@@ -1,7 +1,8 @@
 #!/bin/sh
 # lab-deps.sh installs the Debian 12 packages the lab needs, when missing:
-# iproute2 (ip), ethtool, postgresql-15 (initdb, postgres), and
-# postgresql-client-15 (psql, pg_basebackup, pg_isready). Run as root;
+# iproute2 (ip), ethtool, postgresql-15 (initdb, postgres),
+# postgresql-client-15 (psql, pg_basebackup, pg_isready) and nftables (nft:
+# xlb lab chaos cuts VRRP between the LB hosts). Run as root;
 # `make lab` runs it.
 #
 # Installing postgresql-15 would create and start a "main" cluster on port
@@ -10,7 +11,7 @@
 # only; createcluster.conf is restored afterwards.
 set -eu
 
-pkgs="iproute2 ethtool postgresql-15 postgresql-client-15"
+pkgs="iproute2 ethtool postgresql-15 postgresql-client-15 nftables"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
