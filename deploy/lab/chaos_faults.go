@@ -147,21 +147,26 @@ func (ch *chaos) inject(ctx context.Context, c *ChaosCycle) error {
 		bs, err := ch.r.WaitBackends(wctx, "the switchover to "+to+" done or not begun", func(bs []Backend) bool {
 			o, _ := Find(bs, old)
 			t, _ := Find(bs, to)
-			done := t.InPool(PortRW) && o.State == "fenced"
+			done := t.InPool(PortRW) && len(o.Pools) == 0
 			notBegun := o.InPool(PortRW) && t.Role == "replica"
 			return done || notBegun
 		})
 		if err != nil {
 			return err
 		}
+		t, _ := Find(bs, to)
 		if c.Fault == ChaosSwitchoverCancel {
-			if t, _ := Find(bs, to); t.InPool(PortRW) {
+			if t.InPool(PortRW) {
 				c.Note += "; the switchover completed"
 			} else {
 				c.Note += "; the switchover did not begin"
 			}
 		}
-		return nil
+		if !t.InPool(PortRW) {
+			return nil
+		}
+		// The old primary, read-only now, shows as fenced once probed.
+		return ch.waitOut(ctx, old)
 
 	case ChaosReplicaKill:
 		to, err := ch.randomReplica(ctx)
