@@ -196,9 +196,9 @@ func TestDrillPhases(t *testing.T) {
 	ops := []Op{
 		{Client: 2, Step: "insert", Server: pg1, Start: at(140), End: at(5140), Timeout: true},
 		{Client: 3, Step: "insert", Server: pg1, Start: at(-10), End: at(4990), Timeout: true},
-		{Client: 3, Step: "connect", Start: at(4995), End: at(6995), Timeout: true}, // not an INSERT
+		{Client: 3, Step: "connect", Start: at(4995), End: at(6995), Timeout: true},               // not an INSERT
 		{Client: 1, Step: "insert", Server: pg1, Start: at(-4000), End: at(-3000), Timeout: true}, // over before the fault
-		{Client: 0, Step: "insert", Server: pg1, Start: at(-5), End: at(20)},                    // a reset: no wait
+		{Client: 0, Step: "insert", Server: pg1, Start: at(-5), End: at(20)},                      // a reset: no wait
 	}
 	tr.phases(ev, first, ops)
 	got := []Seconds{tr.Detection, tr.Promotion, tr.Routing, tr.FirstAck, Seconds(tr.DeadWaits), tr.DeadWaitMax}
