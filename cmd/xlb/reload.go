@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/xlb-dev/xlb/control"
 	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/loader"
 )
 
 // watch probes targets with o, sending to out, until ctx ends or the next
@@ -47,8 +49,10 @@ var fixedFields = []field{
 	{"node_address", func(c *Config) any { return c.NodeAddress }},
 	{"ports", func(c *Config) any { return c.Ports }},
 	{"snat_ports", func(c *Config) any { return c.SNATPorts }},
+	{"conntrack", func(c *Config) any { return c.Conntrack }},
 	{"pin_path", func(c *Config) any { return c.PinPath }},
 	{"socket", func(c *Config) any { return c.Socket }},
+	{"state_file", func(c *Config) any { return c.StateFile }},
 	{"postgres", func(c *Config) any { return c.Postgres }},
 	{"synchronous", func(c *Config) any { return c.Synchronous }},
 	{"vrrp", func(c *Config) any { return c.VRRP }},
@@ -64,6 +68,7 @@ var liveFields = []field{
 	{"read_fallback_to_primary", func(c *Config) any { return *c.ReadFallbackToPrimary }},
 	{"failover", func(c *Config) any { return *c.Failover }},
 	{"max_lag_on_failover", func(c *Config) any { return *c.MaxLagOnFailover }},
+	{"allow_sources", func(c *Config) any { return c.AllowSources }},
 }
 
 // changed returns the names of the fields that differ between a and b.
@@ -88,7 +93,8 @@ func liveRules(base control.Config, nc *Config) control.Config {
 }
 
 // reload re-reads the configuration file and applies what can change
-// live: nodes, probe settings, lag limits, read fallback and failover.
+// live: nodes, probe settings, lag limits, read fallback, failover and the
+// source allowlists (for new flows).
 // When the file is invalid, or changes a field that needs a restart, or
 // the controller refuses (a failover under way, the writer removed), it
 // logs why and keeps the running configuration whole. Run's loop only.
@@ -108,6 +114,19 @@ func (d *daemon) reload(ctx context.Context, out chan<- health.Observation) {
 	if len(live) == 0 {
 		slog.Info("reloaded: nothing changed", "config", d.cfg.path)
 		return
+	}
+	if slices.Contains(live, "allow_sources") {
+		// New flows only: established ones keep going.
+		for _, a := range []struct {
+			svc      loader.Service
+			prefixes []netip.Prefix
+		}{{loader.RW, nc.allowRW}, {loader.RO, nc.allowRO}} {
+			if err := d.dp.SetAllowSources(a.svc, a.prefixes); err != nil {
+				slog.Error(refused, "err", err)
+				return
+			}
+		}
+		d.cfg.AllowSources, d.cfg.allowRW, d.cfg.allowRO = nc.AllowSources, nc.allowRW, nc.allowRO
 	}
 	rules := liveRules(d.ctlCfg, nc)
 	nodes := make([]control.Node, len(nc.Nodes))

@@ -24,6 +24,9 @@ func TestReloadFields(t *testing.T) {
 		{"vip", func(s string) string { return strings.Replace(s, "vip: 172.20.0.100", "vip: 172.20.0.101", 1) }, []string{"vip"}, nil},
 		{"http and vrrp", func(s string) string { return s + "http:\n  listen: \"\"\nvrrp:\n  priority: 10\n" }, []string{"vrrp", "http"}, nil},
 		{"password file", func(s string) string { return strings.Replace(s, "/nonexistent", "/elsewhere", 1) }, []string{"postgres"}, nil},
+		{"allowlist", func(s string) string { return s + "allow_sources:\n  rw: [172.20.0.0/24]\n" }, nil, []string{"allow_sources"}},
+		{"conntrack and state file", func(s string) string { return s + "conntrack:\n  idle_timeout: 1h\nstate_file: /tmp/x.json\n" },
+			[]string{"conntrack", "state_file"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
