@@ -101,3 +101,44 @@ func attached(t *testing.T, f *fixture) string {
 	}
 	return ""
 }
+
+// TestPinNotVisible attaches a pinned datapath, closes it as a killed
+// daemon would, and starts again with a pin path that does not hold its
+// pins (as in a container without the host's bpffs): Attach fails, and
+// its error says both why the pinned link was not used and that another
+// XDP program holds the interface while no pin is visible.
+func TestPinNotVisible(t *testing.T) {
+	f := newFixture(t, snatPorts)
+	first := filepath.Join("/sys/fs/bpf", fmt.Sprintf("xlb-test-%d-a", os.Getpid()))
+	other := filepath.Join("/sys/fs/bpf", fmt.Sprintf("xlb-test-%d-b", os.Getpid()))
+	t.Cleanup(func() { os.RemoveAll(first); os.RemoveAll(other) })
+	attach := func(pin string) error {
+		dp, err := loader.Load(loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: snatPorts, PinPath: pin, SkipPortCheck: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dp.Close()
+		return f.ns.Do(func() error { _, err := dp.Attach("lb0", loader.ModeGeneric); return err })
+	}
+	if err := attach(first); err != nil {
+		t.Fatal(err)
+	}
+	if attached(t, f) != "generic" {
+		t.Fatal("closing without unpin detached the datapath")
+	}
+	err := attach(other)
+	if err == nil {
+		t.Fatal("attaching over a program whose pin is not visible succeeded")
+	}
+	for _, want := range []string{
+		"attaching xdp to lb0",
+		"device or resource busy",
+		"loading pinned link " + filepath.Join(other, "link_lb0"),
+		"no such file or directory",
+		"an XDP program is attached to lb0 but no pinned link is visible under " + other,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}

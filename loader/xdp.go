@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // Mode is how XDP attaches: native (in the driver), generic (after the
@@ -113,15 +114,22 @@ func (d *Datapath) linkPin(ifname string) string {
 }
 
 // attachXDP attaches prog to ifname, or updates the link pinned at pin.
+// When that fails, the error carries why the pinned link could not be
+// used too, and names the likely cause when another XDP program holds the
+// interface while no pin is visible (a fresh bpffs, say, in a container
+// or namespace that does not share the host's).
 func attachXDP(prog *ebpf.Program, ifname string, mode Mode, pin string) (link.Link, Mode, error) {
+	var pinErr error
 	if pin != "" {
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err == nil {
 			if err := l.Update(prog); err != nil {
 				l.Close()
 				return nil, "", fmt.Errorf("updating pinned link of %s: %w", ifname, err)
 			}
 			return l, attachedMode(ifname), nil
 		}
+		pinErr = fmt.Errorf("loading pinned link %s: %w", pin, err)
 	}
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
@@ -150,7 +158,15 @@ func attachXDP(prog *ebpf.Program, ifname string, mode Mode, pin string) (link.L
 		}
 		return l, m, nil
 	}
-	return nil, "", fmt.Errorf("attaching xdp to %s: %w", ifname, errors.Join(errs...))
+	err = fmt.Errorf("attaching xdp to %s: %w", ifname, errors.Join(errs...))
+	if pinErr == nil {
+		return nil, "", err
+	}
+	if errors.Is(err, unix.EBUSY) && errors.Is(pinErr, os.ErrNotExist) && Attached(ifname) {
+		err = fmt.Errorf("%w: an XDP program is attached to %s but no pinned link is visible under %s: "+
+			"is the bpffs it was pinned in (the host's /sys/fs/bpf) mounted here?", err, ifname, filepath.Dir(pin))
+	}
+	return nil, "", errors.Join(err, pinErr)
 }
 
 // attachedMode asks netlink how XDP is attached to ifname.
