@@ -142,3 +142,59 @@ func TestPinNotVisible(t *testing.T) {
 		}
 	}
 }
+
+// TestPinSeveredLink pins a datapath's link, closes it as a killed daemon
+// would, and replaces the interface (as `docker restart` replaces a
+// container's veth): the next Attach drops the severed link, attaches to
+// the new interface and pins the new link; the pinned flow map stays.
+func TestPinSeveredLink(t *testing.T) {
+	f := newFixture(t, snatPorts)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("xlb-test-%d-severed", os.Getpid()))
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	cfg := loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: snatPorts, PinPath: pin, SkipPortCheck: true}
+	load := func() *loader.Datapath {
+		t.Helper()
+		dp, err := loader.Load(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dp.Close() })
+		if err := f.ns.Do(func() error { _, err := dp.Attach("lb0", loader.ModeGeneric); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return dp
+	}
+	dp := load()
+	if err := dp.SetBackends(loader.RW, []netip.AddrPort{ap(pg1, 5432)}); err != nil {
+		t.Fatal(err)
+	}
+	f.dp = dp
+	forward(t, f, clientPkt(43001, 3000, syn, nil))
+	dp.Close()
+	for _, c := range [][]string{
+		{"ip", "link", "del", "lb0"},
+		{"ip", "link", "add", "lb0", "address", lbMAC.String(), "type", "veth", "peer", "name", "peer0"},
+		{"ip", "link", "set", "lb0", "up"},
+	} {
+		if err := f.ns.Run(c[0], c[1:]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := attached(t, f); m != "" {
+		t.Fatalf("new lb0 has xdp (%s) before attach", m)
+	}
+	dp2 := load()
+	if m := attached(t, f); m != "generic" {
+		t.Fatalf("after attach over a severed pinned link, lb0 has xdp %q, want generic", m)
+	}
+	if _, err := os.Stat(filepath.Join(pin, "link_lb0")); err != nil {
+		t.Fatalf("new link not pinned: %v", err)
+	}
+	flows, err := dp2.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) != 1 || flows[0].Client != ap(client, 43001) {
+		t.Fatalf("flows after the interface was replaced %+v, want the one from %v", flows, ap(client, 43001))
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -122,14 +123,28 @@ func attachXDP(prog *ebpf.Program, ifname string, mode Mode, pin string) (link.L
 	var pinErr error
 	if pin != "" {
 		l, err := link.LoadPinnedLink(pin, nil)
-		if err == nil {
-			if err := l.Update(prog); err != nil {
+		switch {
+		case err != nil:
+			pinErr = fmt.Errorf("loading pinned link %s: %w", pin, err)
+		default:
+			err := l.Update(prog)
+			if err == nil {
+				return l, attachedMode(ifname), nil
+			}
+			if !errors.Is(err, unix.ENOLINK) {
 				l.Close()
 				return nil, "", fmt.Errorf("updating pinned link of %s: %w", ifname, err)
 			}
-			return l, attachedMode(ifname), nil
+			// The interface the link was attached to is gone (a container's
+			// veth dies with its namespace; `docker restart` makes a new
+			// one): drop the severed link and attach afresh. The pinned
+			// maps, and so the flows, stay.
+			uerr := l.Unpin()
+			l.Close()
+			if uerr != nil {
+				return nil, "", fmt.Errorf("unpinning severed link of %s: %w", ifname, uerr)
+			}
 		}
-		pinErr = fmt.Errorf("loading pinned link %s: %w", pin, err)
 	}
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
@@ -200,8 +215,13 @@ func AttachPass(ifname string) (link.Link, error) {
 // EnableForwarding turns on IPv4 forwarding on ifname in the calling
 // network namespace (net.ipv4.conf.<ifname>.forwarding), which
 // bpf_fib_lookup requires; without it every new flow is dropped as no_route.
+// When it is on already nothing is written, so a container whose /proc/sys
+// is read-only works when its runtime set it (docker's sysctls).
 func EnableForwarding(ifname string) error {
 	p := filepath.Join("/proc/sys/net/ipv4/conf", ifname, "forwarding")
+	if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == "1" {
+		return nil
+	}
 	if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil {
 		return fmt.Errorf("enabling forwarding on %s: %w", ifname, err)
 	}
