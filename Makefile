@@ -2,7 +2,7 @@
 GO ?= go
 BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
 
-.PHONY: all generate build test bench lab fuzz clean
+.PHONY: all generate build test bench lab fuzz clean compose compose-base compose-down
 
 all: build
 
@@ -47,5 +47,21 @@ lab:
 	@echo "make lab: bringing the lab up with two LB hosts (bin/xlb lab up --lbs 2 --demo)"
 	@bin/xlb lab up --lbs 2 --demo || { echo "make lab: bin/xlb lab up --lbs 2 --demo failed; it tore down what it built" >&2; exit 1; }
 
+## compose-base: as root: build the compose lab's base image offline from Debian's packages
+##   (mmdebstrap + docker import, tagged xlb-base:<hash of deploy/compose/base.sh>; reused when present)
+compose-base:
+	@sh deploy/compose/base.sh
+
+## compose: as root: the compose lab (deploy/compose): build xlb and the images, write per-lab
+##   passwords (deploy/compose/secrets, 0600), up -d, wait for health, run the demo.
+##   XLB_BASE_IMAGE=debian:bookworm-slim picks a public base; without a registry the offline one is built.
+compose:
+	@bash deploy/compose/lab.sh up
+	@bash deploy/compose/lab.sh demo
+
+## compose-down: remove the compose lab: containers, network, volumes, its pins, its secrets
+compose-down:
+	@bash deploy/compose/lab.sh down
+
 clean:
-	rm -rf bin
+	rm -rf bin deploy/compose/lb/xlb

@@ -1,0 +1,600 @@
+package compose
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/xlb-dev/xlb/deploy/lab"
+)
+
+const (
+	vip    = "172.20.0.100"
+	pg1IP  = "172.20.0.10"
+	subnet = "172.20.0.0/16"
+)
+
+// composeLab is one compose lab of this test run: its own project name,
+// secrets in a temporary directory, no .env written.
+type composeLab struct {
+	t       *testing.T
+	dir     string // deploy/compose
+	project string
+	env     []string
+	compose []string // docker-compose, or docker compose
+}
+
+func newComposeLab(t *testing.T) *composeLab {
+	t.Helper()
+	lab.RequirePrivileged(t)
+	need := func(what string, err error) {
+		if err == nil {
+			return
+		}
+		if os.Getenv("XLB_REQUIRE_PRIVILEGED") == "1" {
+			t.Fatalf("the compose lab needs %s: %v", what, err)
+		}
+		t.Skipf("the compose lab needs %s: %v", what, err)
+	}
+	_, err := exec.LookPath("docker")
+	need("docker", err)
+	need("a running Docker Engine", exec.Command("docker", "info").Run())
+	compose := []string{"docker", "compose"}
+	if exec.Command("docker", "compose", "version").Run() != nil {
+		_, err := exec.LookPath("docker-compose")
+		need("docker-compose or the compose plugin", err)
+		compose = []string{"docker-compose"}
+	}
+	_, file, _, _ := runtime.Caller(0)
+	dir := filepath.Join(filepath.Dir(file), "..", "..", "deploy", "compose")
+	project := fmt.Sprintf("xlbtest%d", os.Getpid())
+	env := append(os.Environ(),
+		"COMPOSE_PROJECT_NAME="+project,
+		"XLB_SECRETS_DIR="+t.TempDir(),
+		"XLB_NO_ENV_FILE=1",
+		"XLB_UP_TIMEOUT=300",
+	)
+	return &composeLab{t: t, dir: dir, project: project, env: env, compose: compose}
+}
+
+// run runs name args with the lab's environment in deploy/compose, bounded
+// by timeout, and returns its combined output.
+func (l *composeLab) run(timeout time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = l.dir
+	cmd.Env = l.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("running %s %s: %w\n%s", name, strings.Join(args, " "), err, tail(out, 40))
+	}
+	return string(out), nil
+}
+
+// dc runs the compose tool on the lab's file.
+func (l *composeLab) dc(timeout time.Duration, args ...string) (string, error) {
+	args = append(append(slices.Clone(l.compose[1:]), "-f", filepath.Join(l.dir, "docker-compose.yml")), args...)
+	return l.run(timeout, l.compose[0], args...)
+}
+
+// id returns the container ID of service.
+func (l *composeLab) id(service string) string {
+	l.t.Helper()
+	out, err := l.dc(time.Minute, "ps", "-q", service)
+	if err != nil || strings.TrimSpace(out) == "" {
+		l.t.Fatalf("finding the container of %s: %v %s", service, err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+// docker runs docker args and fails the test on error.
+func (l *composeLab) docker(args ...string) string {
+	l.t.Helper()
+	out, err := l.run(2*time.Minute, "docker", args...)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return out
+}
+
+// exec runs a shell script in service's container and returns its output.
+func (l *composeLab) exec(service, script string) (string, error) {
+	return l.dc(2*time.Minute, "exec", "-T", service, "sh", "-c", script)
+}
+
+func (l *composeLab) mustExec(service, script string) string {
+	l.t.Helper()
+	out, err := l.exec(service, script)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return out
+}
+
+// waitFor polls cond every 500 ms until it holds or timeout passes.
+func (l *composeLab) waitFor(what string, timeout time.Duration, cond func() bool) time.Duration {
+	l.t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			l.t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func (l *composeLab) healthy(service string) bool {
+	out, err := l.dc(time.Minute, "ps", "-q", service)
+	if err != nil || strings.TrimSpace(out) == "" {
+		return false
+	}
+	h, err := l.run(time.Minute, "docker", "inspect", "-f", "{{if .State.Health}}{{.State.Health.Status}}{{end}}", strings.TrimSpace(out))
+	return err == nil && strings.TrimSpace(h) == "healthy"
+}
+
+// holdsVIP reports whether service's eth0 has the VIP.
+func (l *composeLab) holdsVIP(service string) bool {
+	out, err := l.exec(service, "ip -4 -o addr show dev eth0")
+	return err == nil && strings.Contains(out, " "+vip+"/")
+}
+
+// psql runs one statement through the VIP on port from the client
+// container and returns psql's unaligned output.
+func (l *composeLab) psql(port int, sql string) string {
+	l.t.Helper()
+	return strings.TrimSpace(l.mustExec("client", fmt.Sprintf("psql -X -At -v ON_ERROR_STOP=1 -p %d -c %s", port, shellQuote(sql))))
+}
+
+// TestComposeLab brings the compose lab up and runs, in order: routing,
+// restarts of lb1 under load, kill lb1, kill pg1, down -v.
+func TestComposeLab(t *testing.T) {
+	l := newComposeLab(t)
+
+	t.Run("config of the users' file", func(t *testing.T) {
+		// The plain file as users run it at home: no variables set.
+		env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+		args := append(slices.Clone(l.compose[1:]), "-f", filepath.Join(l.dir, "docker-compose.yml"), "config", "-q")
+		cmd := exec.Command(l.compose[0], args...)
+		cmd.Dir, cmd.Env = l.dir, env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s config -q: %v\n%s", strings.Join(l.compose, " "), err, out)
+		}
+		args = append(args[:len(args)-2], "--profile", "admin", "config", "--services")
+		cmd = exec.Command(l.compose[0], args...)
+		cmd.Dir, cmd.Env = l.dir, env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("config --services with profile admin: %v\n%s", err, out)
+		}
+		for _, s := range []string{"pg1", "pg2", "pg3", "lb1", "lb2", "client", "pgadmin"} {
+			if !slices.Contains(strings.Fields(string(out)), s) {
+				t.Errorf("service %s missing from %q", s, out)
+			}
+		}
+	})
+
+	base := os.Getenv("XLB_BASE_IMAGE")
+	if base == "" {
+		start := time.Now()
+		out, err := l.run(20*time.Minute, "sh", filepath.Join(l.dir, "base.sh"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		base = lines[len(lines)-1]
+		t.Logf("base image %s ready in %v (built offline when new)", base, time.Since(start).Round(time.Second))
+	}
+	l.env = append(l.env, "XLB_BASE_IMAGE="+base)
+
+	pins := "/sys/fs/bpf/xlb-compose-" + l.project
+	t.Cleanup(func() {
+		if out, err := l.run(5*time.Minute, "bash", filepath.Join(l.dir, "lab.sh"), "down"); err != nil {
+			t.Errorf("cleanup: %v\n%s", err, out)
+		}
+		os.RemoveAll(pins)
+	})
+	start := time.Now()
+	if out, err := l.run(15*time.Minute, "bash", filepath.Join(l.dir, "lab.sh"), "up"); err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	t.Logf("lab up (images built, every service healthy, lb1 routing) in %v", time.Since(start).Round(time.Second))
+
+	t.Run("routing", func(t *testing.T) { testRouting(t, l) })
+	t.Run("restart lb1 under load", func(t *testing.T) { testRestartLB(t, l) })
+	t.Run("kill lb1", func(t *testing.T) { testKillLB(t, l) })
+	t.Run("kill pg1", func(t *testing.T) { testKillPrimary(t, l) })
+	t.Run("down leaves nothing", func(t *testing.T) { testDown(t, l, pins) })
+}
+
+// testRouting: writes land on pg1, reads spread over pg2 and pg3.
+func testRouting(t *testing.T, l *composeLab) {
+	l.t = t
+	got := l.psql(3000, "CREATE TABLE IF NOT EXISTS routing (id serial PRIMARY KEY); INSERT INTO routing DEFAULT VALUES; SELECT host(inet_server_addr()) || ' ' || pg_is_in_recovery()")
+	if want := pg1IP + " false"; lastLine(got) != want {
+		t.Fatalf("write through VIP:3000 answered by %q, want %q", got, want)
+	}
+	out := l.mustExec("client", `for i in $(seq 20); do psql -X -At -p 3001 -c "SELECT host(inet_server_addr()) || ' ' || pg_is_in_recovery()"; done`)
+	seen := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		seen[line]++
+	}
+	t.Logf("20 reads through VIP:3001: %v", seen)
+	if len(seen) != 2 || seen["172.20.0.11 true"] == 0 || seen["172.20.0.12 true"] == 0 {
+		t.Fatalf("reads through VIP:3001 went to %v, want both replicas (172.20.0.11, 172.20.0.12) and nothing else", seen)
+	}
+}
+
+// testRestartLB runs pgbench through VIP:3000 over long-lived connections
+// while lb1 is restarted (docker restart, then docker kill + start): no
+// client loses its connection, because lb1's flows and link are pinned in
+// the host's bpffs. lb2 is stopped meanwhile: with it up it would take the
+// VIP while lb1 is away, and it has no record of lb1's flows.
+func testRestartLB(t *testing.T, l *composeLab) {
+	l.t = t
+	if _, err := l.dc(2*time.Minute, "stop", "lb2"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.t = t
+		if _, err := l.dc(2*time.Minute, "start", "lb2"); err != nil {
+			t.Error(err)
+			return
+		}
+		l.waitFor("lb2 healthy again", 2*time.Minute, func() bool { return l.healthy("lb2") })
+	})
+	l.mustExec("client", "pgbench -q -i -s 1 -p 3000")
+	for _, how := range []string{"docker restart", "docker kill + docker start"} {
+		pb := startStream(t, l, "client", "pgbench -n -c 4 -j 2 -T 40 -P 1 -p 3000")
+		pb.waitLine(t, "pgbench reporting progress", time.Minute, func(s string) bool { return strings.HasPrefix(s, "progress:") })
+		id := l.id("lb1")
+		t0 := time.Now()
+		if how == "docker restart" {
+			l.docker("restart", id)
+		} else {
+			l.docker("kill", id)
+			l.docker("start", id)
+		}
+		l.waitFor("lb1 holding the VIP after "+how, 2*time.Minute, func() bool { return l.holdsVIP("lb1") })
+		back := time.Since(t0)
+		out, err := pb.wait(2 * time.Minute)
+		t.Logf("%s of lb1: VIP back after %v; pgbench:\n%s", how, back.Round(10*time.Millisecond), tail([]byte(out), 14))
+		if err != nil {
+			t.Fatalf("pgbench across %s of lb1: %v", how, err)
+		}
+		if strings.Contains(out, "aborted") || !strings.Contains(out, "number of failed transactions: 0 ") {
+			t.Fatalf("pgbench lost connections across %s of lb1:\n%s", how, out)
+		}
+		// Transactions went on after lb1 was back.
+		after := 0
+		for _, line := range strings.Split(out, "\n") {
+			var at, tps float64
+			if n, _ := fmt.Sscanf(line, "progress: %f s, %f tps", &at, &tps); n == 2 && tps > 0 &&
+				pb.started.Add(time.Duration(at*float64(time.Second))).After(t0.Add(back)) {
+				after++
+			}
+		}
+		if after == 0 {
+			t.Fatalf("no transaction after lb1 came back from %s:\n%s", how, out)
+		}
+	}
+}
+
+// testKillLB kills lb1 while a client opens a connection through
+// VIP:3000 every 100 ms: lb2 takes the VIP and connections resume; the
+// gap is logged. lb1 comes back and takes the VIP back (preemption).
+func testKillLB(t *testing.T, l *composeLab) {
+	l.t = t
+	l.waitFor("lb1 and lb2 healthy", 2*time.Minute, func() bool { return l.healthy("lb1") && l.healthy("lb2") })
+	p := startProbe(t, l, `psql -X -At -p 3000 -c "SELECT host(inet_server_addr())"`)
+	p.waitOK(t, 5, 30*time.Second)
+	t0 := time.Now()
+	l.docker("kill", l.id("lb1"))
+	ok := p.waitOKAfter(t, t0, 60*time.Second)
+	lines := p.stop(t)
+	gap, fails := gapAfter(lines, t0)
+	t.Logf("docker kill lb1: first new connection through the VIP %v after the kill (%d failed attempts; probe every 100 ms plus psql start-up; noisy machine)",
+		ok.Sub(t0).Round(10*time.Millisecond), fails)
+	_ = gap
+	if !l.holdsVIP("lb2") {
+		t.Fatal("lb2 does not hold the VIP after lb1 was killed")
+	}
+	if out, _ := l.exec("lb2", "xlb status"); !strings.Contains(strings.ToLower(out), "master") {
+		t.Errorf("xlb status on lb2 does not say master:\n%s", out)
+	}
+	l.docker("start", l.id("lb1"))
+	l.waitFor("lb1 healthy and holding the VIP again", 2*time.Minute, func() bool { return l.healthy("lb1") && l.holdsVIP("lb1") })
+	l.waitFor("lb2 giving the VIP up", time.Minute, func() bool { return !l.holdsVIP("lb2") })
+}
+
+// testKillPrimary kills pg1 while a client writes through VIP:3000 every
+// 100 ms: a replica is promoted and writes resume on it; the outage is
+// logged.
+func testKillPrimary(t *testing.T, l *composeLab) {
+	l.t = t
+	l.psql(3000, "CREATE TABLE IF NOT EXISTS writes (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
+	p := startProbe(t, l, `psql -X -At -p 3000 -c "INSERT INTO writes DEFAULT VALUES RETURNING host(inet_server_addr())"`)
+	p.waitOK(t, 5, 30*time.Second)
+	t0 := time.Now()
+	l.docker("kill", l.id("pg1"))
+	var first probeLine
+	p.waitLine(t, "a write on a promoted replica", 90*time.Second, func(pl probeLine) bool {
+		if pl.ok && pl.at.After(t0) && pl.out != pg1IP {
+			first = pl
+			return true
+		}
+		return false
+	})
+	lines := p.stop(t)
+	lastOld := t0
+	for _, pl := range lines {
+		if pl.ok && pl.out == pg1IP {
+			lastOld = pl.at
+		}
+	}
+	t.Logf("docker kill pg1: writes resumed on %s %v after the kill (last write on pg1 %v before it; outage between writes %v; probe every 100 ms, noisy machine)",
+		first.out, first.at.Sub(t0).Round(10*time.Millisecond), t0.Sub(lastOld).Round(10*time.Millisecond), first.at.Sub(lastOld).Round(10*time.Millisecond))
+	if first.out != "172.20.0.11" && first.out != "172.20.0.12" {
+		t.Fatalf("writes resumed on %q, want pg2 or pg3", first.out)
+	}
+	got := l.psql(3000, "SELECT pg_is_in_recovery()")
+	if got != "f" {
+		t.Fatalf("VIP:3000 reaches a node in recovery (%q) after the failover", got)
+	}
+	out := l.mustExec("lb1", "xlb backends")
+	t.Logf("xlb backends on lb1 after the failover:\n%s", out)
+}
+
+// testDown: down -v removes the lab's containers, network, volumes and
+// pins on the host.
+func testDown(t *testing.T, l *composeLab, pins string) {
+	l.t = t
+	if _, err := os.Stat(pins); err != nil {
+		t.Fatalf("the lab's pins are not in the host's bpffs before down: %v", err)
+	}
+	if out, err := l.run(5*time.Minute, "bash", filepath.Join(l.dir, "lab.sh"), "down"); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	label := "label=com.docker.compose.project=" + l.project
+	for _, what := range [][]string{
+		{"ps", "-a", "-q", "--filter", label},
+		{"network", "ls", "-q", "--filter", label},
+		{"volume", "ls", "-q", "--filter", label},
+		{"network", "ls", "-q", "--filter", "name=" + l.project},
+		{"volume", "ls", "-q", "--filter", "name=" + l.project},
+	} {
+		if out := strings.TrimSpace(l.docker(what...)); out != "" {
+			t.Errorf("docker %s: left behind %q", strings.Join(what, " "), out)
+		}
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		ents, _ := os.ReadDir(pins)
+		t.Errorf("pins left on the host in %s: %v (%v)", pins, ents, err)
+	}
+	if out, _ := exec.Command("ip", "-4", "-o", "addr", "show", "to", subnet).Output(); len(bytes.TrimSpace(out)) != 0 {
+		t.Errorf("the root namespace still has an address in %s: %s", subnet, out)
+	}
+}
+
+// stream is a command in a container whose output lines are collected as
+// they come.
+type stream struct {
+	cmd     *exec.Cmd
+	started time.Time
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	lines   []string
+	done    chan error
+}
+
+func startStream(t *testing.T, l *composeLab, service, script string) *stream {
+	t.Helper()
+	args := append(append(slices.Clone(l.compose[1:]), "-f", filepath.Join(l.dir, "docker-compose.yml")), "exec", "-T", service, "sh", "-c", script)
+	s := &stream{cmd: exec.Command(l.compose[0], args...), done: make(chan error, 1)}
+	s.cmd.Dir, s.cmd.Env = l.dir, l.env
+	r, w := io.Pipe()
+	s.cmd.Stdout, s.cmd.Stderr = w, w
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.started = time.Now()
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			s.mu.Lock()
+			s.lines = append(s.lines, sc.Text())
+			s.buf.WriteString(sc.Text() + "\n")
+			s.mu.Unlock()
+		}
+	}()
+	go func() { err := s.cmd.Wait(); w.Close(); s.done <- err }()
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			s.cmd.Process.Kill()
+		}
+	})
+	return s
+}
+
+func (s *stream) waitLine(t *testing.T, what string, timeout time.Duration, match func(string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		found := slices.ContainsFunc(s.lines, match)
+		s.mu.Unlock()
+		if found {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %v; output:\n%s", what, timeout, s.output())
+}
+
+func (s *stream) output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// wait waits for the command to end and returns its output.
+func (s *stream) wait(timeout time.Duration) (string, error) {
+	select {
+	case err := <-s.done:
+		time.Sleep(0) // the reader has seen EOF once Wait returned and the pipe closed
+		return s.output(), err
+	case <-time.After(timeout):
+		s.cmd.Process.Kill()
+		return s.output(), fmt.Errorf("still running after %v", timeout)
+	}
+}
+
+// probe runs a statement in a loop in the client container, one new
+// connection every 100 ms, for at most two minutes or until stopped,
+// printing "<unix nanoseconds> ok|fail <output>" per attempt.
+type probe struct {
+	l    *composeLab
+	s    *stream
+	flag string
+}
+
+type probeLine struct {
+	at  time.Time
+	ok  bool
+	out string
+}
+
+func startProbe(t *testing.T, l *composeLab, stmt string) *probe {
+	t.Helper()
+	flag := fmt.Sprintf("/tmp/probe-stop-%d", time.Now().UnixNano())
+	script := fmt.Sprintf(`end=$(( $(date +%%s) + 120 ))
+while [ ! -e %[1]s ] && [ $(date +%%s) -lt $end ]; do
+	if out=$(PGCONNECT_TIMEOUT=2 %[2]s 2>&1); then r=ok; else r=fail; fi
+	echo "$(date +%%s%%N) $r $(echo "$out" | head -n 1)"
+	sleep 0.1
+done`, flag, stmt)
+	return &probe{l: l, s: startStream(t, l, "client", script), flag: flag}
+}
+
+func (p *probe) parsed() []probeLine {
+	p.s.mu.Lock()
+	defer p.s.mu.Unlock()
+	var out []probeLine
+	for _, line := range p.s.lines {
+		f := strings.SplitN(line, " ", 3)
+		if len(f) < 2 {
+			continue
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		pl := probeLine{at: time.Unix(0, ns), ok: f[1] == "ok"}
+		if len(f) == 3 {
+			pl.out = strings.TrimSpace(f[2])
+		}
+		out = append(out, pl)
+	}
+	return out
+}
+
+func (p *probe) waitLine(t *testing.T, what string, timeout time.Duration, match func(probeLine) bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if slices.ContainsFunc(p.parsed(), match) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %v; probe:\n%s", what, timeout, tail([]byte(p.s.output()), 30))
+}
+
+func (p *probe) waitOK(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	count := 0
+	p.waitLine(t, fmt.Sprintf("%d good probes", n), timeout, func(pl probeLine) bool {
+		if pl.ok {
+			count++
+		}
+		return count >= n
+	})
+}
+
+// waitOKAfter waits for a good probe that started after t0 and came after
+// any failure, and returns when it finished.
+func (p *probe) waitOKAfter(t *testing.T, t0 time.Time, timeout time.Duration) time.Time {
+	t.Helper()
+	var at time.Time
+	p.waitLine(t, "connections resuming", timeout, func(pl probeLine) bool {
+		if pl.ok && pl.at.After(t0.Add(time.Second)) {
+			at = pl.at
+			return true
+		}
+		return false
+	})
+	// The first good probe after the kill's last failure.
+	lines := p.parsed()
+	for i := len(lines) - 1; i >= 0; i-- {
+		if lines[i].at.Before(t0) || !lines[i].ok {
+			break
+		}
+		at = lines[i].at
+	}
+	return at
+}
+
+func (p *probe) stop(t *testing.T) []probeLine {
+	t.Helper()
+	p.l.exec("client", "touch "+p.flag)
+	if _, err := p.s.wait(time.Minute); err != nil {
+		t.Logf("probe: %v", err)
+	}
+	return p.parsed()
+}
+
+// gapAfter returns the time from t0 to the first good line after the last
+// failure following t0, and the number of failures.
+func gapAfter(lines []probeLine, t0 time.Time) (time.Duration, int) {
+	fails, lastFail := 0, -1
+	for i, pl := range lines {
+		if pl.at.After(t0) && !pl.ok {
+			fails++
+			lastFail = i
+		}
+	}
+	for _, pl := range lines[lastFail+1:] {
+		if pl.ok && pl.at.After(t0) {
+			return pl.at.Sub(t0), fails
+		}
+	}
+	return 0, fails
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
