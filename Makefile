@@ -50,7 +50,7 @@ lab:
 ## compose-base: as root: build the compose lab's base image offline from Debian's packages
 ##   (mmdebstrap + docker import, tagged xlb-base:<hash of deploy/compose/base.sh>; reused when present)
 compose-base:
-	@sh deploy/compose/base.sh
+	@bash deploy/compose/base.sh
 
 ## compose: as root: the compose lab (deploy/compose): build xlb and the images, write per-lab
 ##   passwords (deploy/compose/secrets, 0600), up -d, wait for health, run the demo.

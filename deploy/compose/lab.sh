@@ -140,7 +140,8 @@ up() {
 		printf 'COMPOSE_PROJECT_NAME=%s\nXLB_BASE_IMAGE=%s\nXLB_SECRETS_DIR=%s\n' \
 			"$COMPOSE_PROJECT_NAME" "$XLB_BASE_IMAGE" "$XLB_SECRETS_DIR" >"$here/.env"
 	fi
-	dc build -q
+	# pg1 and lb1 build the two images; the other services share them.
+	dc build -q pg1 lb1
 	dc up -d
 	wait_healthy
 	say "up: $(dc ps --services | tr '\n' ' ')"

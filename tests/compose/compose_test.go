@@ -190,7 +190,7 @@ func TestComposeLab(t *testing.T) {
 	base := os.Getenv("XLB_BASE_IMAGE")
 	if base == "" {
 		start := time.Now()
-		out, err := l.run(20*time.Minute, "sh", filepath.Join(l.dir, "base.sh"))
+		out, err := l.run(20*time.Minute, "bash", filepath.Join(l.dir, "base.sh"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -63,7 +63,7 @@ init_primary() {
 	pwfile=$(mktemp)
 	chown postgres "$pwfile"
 	secret pg_admin_password >"$pwfile"
-	as_pg initdb -D "$data" -U postgres --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 >/dev/null
+	as_pg initdb -D "$data" -U postgres --auth-local=peer --auth-host=scram-sha-256 --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 >/dev/null
 	rm -f "$pwfile"
 	settings >>"$data/postgresql.conf"
 	hba >"$data/pg_hba.conf"
