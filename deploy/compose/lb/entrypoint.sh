@@ -32,6 +32,14 @@ postgres:
   password_file: /run/secrets/pg_password
   admin_user: xlbadmin
   admin_password_file: /run/secrets/pg_admin_password
+# Probes: the netns lab's 500 ms / 300 ms is tight for containers on a busy
+# host (a timed-out probe leaves a backend authenticating, the next one
+# adds another); XLB_PROBE_INTERVAL / XLB_PROBE_TIMEOUT tune it.
+probe:
+  interval: ${XLB_PROBE_INTERVAL:-1s}
+  timeout: ${XLB_PROBE_TIMEOUT:-2s}
+  fall: 3
+  rise: 2
 vrrp:
   enabled: true
   vrid: 51

@@ -46,6 +46,9 @@ wal_receiver_timeout = '1s'
 wal_log_hints = 'on'
 wal_keep_size = '128MB'
 jit = 'off'
+# A client that left during authentication (a probe that timed out) frees
+# its backend soon, so a slow machine does not pile up connections.
+authentication_timeout = '10s'
 CONF
 }
 
