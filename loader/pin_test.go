@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -183,7 +184,16 @@ func TestPinSeveredLink(t *testing.T) {
 	if m := attached(t, f); m != "" {
 		t.Fatalf("new lb0 has xdp (%s) before attach", m)
 	}
+	out, err := f.ns.Output("cat", "/sys/class/net/lb0/ifindex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatal(err)
+	}
 	dp2 := load()
+	f.dp, f.ifindex = dp2, uint32(idx)
 	if m := attached(t, f); m != "generic" {
 		t.Fatalf("after attach over a severed pinned link, lb0 has xdp %q, want generic", m)
 	}
@@ -197,4 +207,7 @@ func TestPinSeveredLink(t *testing.T) {
 	if len(flows) != 1 || flows[0].Client != ap(client, 43001) {
 		t.Fatalf("flows after the interface was replaced %+v, want the one from %v", flows, ap(client, 43001))
 	}
+	// The flow leaves by the new interface (XDP_TX), not by a redirect to
+	// the index of the one that is gone.
+	forward(t, f, clientPkt(43001, 3000, ack, []byte("x")))
 }

@@ -47,6 +47,10 @@ func (d *Datapath) Attach(ifname string, mode Mode) (Mode, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := d.repointFlows(ifname); err != nil {
+		l.Close()
+		return "", err
+	}
 	if old, ok := d.links[ifname]; ok {
 		old.Close()
 	}
@@ -105,6 +109,52 @@ func (d *Datapath) Detach(ifname string) error {
 		}
 	}
 	return l.Close()
+}
+
+// repointFlows moves pinned flows whose egress interface no longer exists
+// onto ifname: a container restarted with the host's bpffs gets a new veth
+// (a new index, maybe a new MAC) while its flows are still in flow_map,
+// and they would otherwise be redirected to an interface that is gone.
+// The datapath is one-arm, so ifname is where every flow leaves.
+func (d *Datapath) repointFlows(ifname string) error {
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("looking up %s: %w", ifname, err)
+	}
+	gone := map[uint32]bool{}
+	var (
+		k     xlbXlbFlowKey
+		v     xlbXlbFlow
+		moved []xlbXlbFlowKey
+		vals  []xlbXlbFlow
+	)
+	it := d.objs.FlowMap.Iterate()
+	for it.Next(&k, &v) {
+		if v.Ifindex == uint32(iface.Index) {
+			continue
+		}
+		g, ok := gone[v.Ifindex]
+		if !ok {
+			_, err := net.InterfaceByIndex(int(v.Ifindex))
+			g = err != nil
+			gone[v.Ifindex] = g
+		}
+		if g {
+			v.Ifindex = uint32(iface.Index)
+			copy(v.Smac[:], iface.HardwareAddr)
+			moved, vals = append(moved, k), append(vals, v)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("listing flows: %w", err)
+	}
+	for i := range moved {
+		// A flow that ended meanwhile is not brought back.
+		if err := d.objs.FlowMap.Update(&moved[i], &vals[i], ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("moving a flow onto %s: %w", ifname, err)
+		}
+	}
+	return nil
 }
 
 func (d *Datapath) linkPin(ifname string) string {
