@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +35,7 @@ type composeLab struct {
 	project string
 	env     []string
 	compose []string // docker-compose, or docker compose
+	secrets string   // the password files
 }
 
 func newComposeLab(t *testing.T) *composeLab {
@@ -60,13 +62,18 @@ func newComposeLab(t *testing.T) *composeLab {
 	_, file, _, _ := runtime.Caller(0)
 	dir := filepath.Join(filepath.Dir(file), "..", "..", "deploy", "compose")
 	project := fmt.Sprintf("xlbtest%d", os.Getpid())
+	secrets := t.TempDir()
 	env := append(os.Environ(),
 		"COMPOSE_PROJECT_NAME="+project,
-		"XLB_SECRETS_DIR="+t.TempDir(),
+		"XLB_SECRETS_DIR="+secrets,
 		"XLB_NO_ENV_FILE=1",
 		"XLB_UP_TIMEOUT=300",
+		// Published ports on loopback, picked by the engine: the host's
+		// 3000, 3001, 8080-8082 may be taken.
+		"XLB_RW_PORT=127.0.0.1:", "XLB_RO_PORT=127.0.0.1:",
+		"XLB_HTTP_PORT_LB1=127.0.0.1:", "XLB_HTTP_PORT_LB2=127.0.0.1:",
 	)
-	return &composeLab{t: t, dir: dir, project: project, env: env, compose: compose}
+	return &composeLab{t: t, dir: dir, project: project, env: env, compose: compose, secrets: secrets}
 }
 
 // run runs name args with the lab's environment in deploy/compose, bounded
@@ -230,6 +237,7 @@ func TestComposeLab(t *testing.T) {
 	t.Logf("lab up (images built, every service healthy, lb1 routing) in %v", time.Since(start).Round(time.Second))
 
 	t.Run("routing", func(t *testing.T) { testRouting(t, l) })
+	t.Run("published ports", func(t *testing.T) { testPublished(t, l) })
 	t.Run("restart lb1 under load", func(t *testing.T) { testRestartLB(t, l) })
 	t.Run("kill lb1", func(t *testing.T) { testKillLB(t, l) })
 	t.Run("kill pg1", func(t *testing.T) { testKillPrimary(t, l) })
@@ -251,6 +259,42 @@ func testRouting(t *testing.T, l *composeLab) {
 	t.Logf("20 reads through VIP:3001: %v", seen)
 	if len(seen) != 2 || seen["172.20.0.11 true"] == 0 || seen["172.20.0.12 true"] == 0 {
 		t.Fatalf("reads through VIP:3001 went to %v, want both replicas (172.20.0.11, 172.20.0.12) and nothing else", seen)
+	}
+}
+
+// testPublished reaches lb1's HTTP and the relay to VIP:3000 through the
+// ports published on the host's loopback.
+func testPublished(t *testing.T, l *composeLab) {
+	l.t = t
+	port := func(service, p string) string {
+		t.Helper()
+		out, err := l.dc(time.Minute, "port", service, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(out)
+	}
+	metrics := "http://" + port("lb1", "8080") + "/metrics"
+	resp, err := http.Get(metrics)
+	if err != nil {
+		t.Fatalf("GET %s: %v", metrics, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "xlb_") {
+		t.Fatalf("GET %s: %s, %d bytes without xlb_ metrics", metrics, resp.Status, len(body))
+	}
+	hostPort := strings.SplitN(port("publish", "3000"), ":", 2)
+	pw, err := os.ReadFile(filepath.Join(l.secrets, "pg_password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("psql", "-X", "-At", "-h", hostPort[0], "-p", hostPort[1], "-U", "ramos", "-d", "ramos-test-db",
+		"-c", "SELECT host(inet_server_addr())")
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+strings.TrimSpace(string(pw)), "PGCONNECT_TIMEOUT=10")
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != pg1IP {
+		t.Fatalf("psql through the published port %v to VIP:3000: %v %q, want %s", hostPort, err, out, pg1IP)
 	}
 }
 

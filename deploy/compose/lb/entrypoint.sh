@@ -47,7 +47,12 @@ vrrp:
   advert_interval: ${XLB_ADVERT_INTERVAL:-50ms}
   preempt: true
   unicast_peers: [${XLB_PEER:?}]
-# http.listen (/stats, /metrics on :8080, issue 11): set here once xlb has it.
+# /stats, /metrics, /healthz, /readyz; published as host ports 8080 (lb1)
+# and 8082 (lb2).
+http:
+  listen: ":8080"
+# Newest timeline and system identifier, kept across `docker restart`.
+state_file: /var/lib/xlb/state.json
 nodes:$nodes
 CONF
 exec xlb run --config /etc/xlb/xlb.yaml
