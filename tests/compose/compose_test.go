@@ -389,6 +389,9 @@ func testKillLB(t *testing.T, l *composeLab) {
 	id := l.id("lb1")
 	l.docker("kill", id)
 	died := l.finishedAt(id)
+	neigh, _ := l.exec("client", "ip neigh show 172.20.0.100; ip neigh show 172.20.0.22")
+	t.Logf("client's neighbour entries %v after lb1 died (lb1 is 02:42:ac:14:00:15, lb2 02:42:ac:14:00:16):\n%s",
+		time.Since(died).Round(time.Millisecond), neigh)
 	p.waitLine(t, "connections through the VIP resuming", 60*time.Second, func(pl probeLine) bool {
 		return pl.ok && pl.at.After(died.Add(time.Second))
 	})
