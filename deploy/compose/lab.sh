@@ -15,7 +15,7 @@
 #                         when a registry gives it, else xlb-base built offline
 #                         by base.sh
 #   XLB_SECRETS_DIR       where the password files go (default deploy/compose/secrets)
-#   XLB_UP_TIMEOUT        seconds to wait for health (default 240)
+#   XLB_UP_TIMEOUT        seconds to wait for health (default 300)
 #   XLB_NO_ENV_FILE=1     do not write deploy/compose/.env (tests)
 set -euo pipefail
 
@@ -101,7 +101,7 @@ health() {
 }
 
 wait_healthy() {
-	local deadline=$((SECONDS + ${XLB_UP_TIMEOUT:-240})) s bad
+	local deadline=$((SECONDS + ${XLB_UP_TIMEOUT:-300})) s bad
 	while :; do
 		bad=""
 		for s in pg1 pg2 pg3 lb1 lb2; do
@@ -111,7 +111,7 @@ wait_healthy() {
 		if [ $SECONDS -ge $deadline ]; then
 			dc ps >&2
 			dc logs --tail 30 >&2
-			die "not healthy after ${XLB_UP_TIMEOUT:-240} s:$bad"
+			die "not healthy after ${XLB_UP_TIMEOUT:-300} s:$bad"
 		fi
 		sleep 2
 	done
@@ -144,7 +144,8 @@ up() {
 	dc build -q pg1 lb1
 	dc up -d
 	wait_healthy
-	say "up: $(dc ps --services | tr '\n' ' ')"
+	say "up (project $COMPOSE_PROJECT_NAME)"
+	dc ps >&2
 }
 
 demo() {
