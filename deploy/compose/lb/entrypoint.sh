@@ -32,6 +32,8 @@ postgres:
   password_file: /run/secrets/pg_password
   admin_user: xlbadmin
   admin_password_file: /run/secrets/pg_admin_password
+  # The lab's servers have no TLS (prefer would cost a second backend per connect).
+  sslmode: disable
 # Probes: the netns lab's 500 ms / 300 ms is tight for containers on a busy
 # host (a timed-out probe leaves a backend authenticating, the next one
 # adds another); XLB_PROBE_INTERVAL / XLB_PROBE_TIMEOUT tune it.
