@@ -122,6 +122,14 @@ wait_healthy() {
 		[ $SECONDS -ge $deadline ] && { dc exec -T lb1 xlb backends >&2 || true; die "lb1 does not route after 60 s"; }
 		sleep 1
 	done
+	# lb1 (priority 150, preempt) holds the VIP, so no takeover is still to
+	# come and cut the first connections.
+	deadline=$((SECONDS + 60))
+	until dc exec -T lb1 ip -4 -o addr show dev eth0 2>/dev/null | grep -q ' 172\.20\.0\.100/' &&
+		! dc exec -T lb2 ip -4 -o addr show dev eth0 2>/dev/null | grep -q ' 172\.20\.0\.100/'; do
+		[ $SECONDS -ge $deadline ] && die "lb1 does not hold the VIP alone after 60 s"
+		sleep 1
+	done
 }
 
 up() {

@@ -349,7 +349,7 @@ func testRestartLB(t *testing.T, l *composeLab) {
 		out, err := pb.wait(3 * time.Minute)
 		t.Logf("%s of lb1 under pgbench:\n%s", how, tail([]byte(out), 12))
 		if err != nil {
-			t.Fatalf("pgbench across %s of lb1: %v", how, err)
+			t.Fatalf("pgbench across %s of lb1: %v\n%s", how, err, out)
 		}
 		if strings.Contains(out, "aborted") || !strings.Contains(out, "number of failed transactions: 0 ") {
 			t.Fatalf("pgbench lost connections across %s of lb1:\n%s", how, out)
