@@ -123,14 +123,15 @@ func (d *Datapath) repointFlows(ifname string) error {
 	}
 	gone := map[uint32]bool{}
 	var (
-		k     xlbXlbFlowKey
+		k     uint32
 		v     xlbXlbFlow
-		moved []xlbXlbFlowKey
+		moved []uint32
 		vals  []xlbXlbFlow
 	)
 	it := d.objs.FlowMap.Iterate()
 	for it.Next(&k, &v) {
-		if v.Ifindex == uint32(iface.Index) {
+		if v.Cookie == xlbXlbFlowCookieXLB_FLOW_EMPTY || v.Cookie == xlbXlbFlowCookieXLB_FLOW_DELETED ||
+			v.Ifindex == uint32(iface.Index) {
 			continue
 		}
 		g, ok := gone[v.Ifindex]
@@ -141,7 +142,7 @@ func (d *Datapath) repointFlows(ifname string) error {
 		}
 		if g {
 			v.Ifindex = uint32(iface.Index)
-			copy(v.Smac[:], iface.HardwareAddr)
+			copy(v.Lmac[:], iface.HardwareAddr)
 			moved, vals = append(moved, k), append(vals, v)
 		}
 	}
@@ -149,9 +150,32 @@ func (d *Datapath) repointFlows(ifname string) error {
 		return fmt.Errorf("listing flows: %w", err)
 	}
 	for i := range moved {
-		// A flow that ended meanwhile is not brought back.
-		if err := d.objs.FlowMap.Update(&moved[i], &vals[i], ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.objs.FlowMap.Update(&moved[i], &vals[i], ebpf.UpdateExist); err != nil {
 			return fmt.Errorf("moving a flow onto %s: %w", ifname, err)
+		}
+	}
+	// The backends' next hops name the egress interface too.
+	var nh xlbXlbNexthop
+	it = d.objs.NexthopMap.Iterate()
+	var hops []uint32
+	var hopVals []xlbXlbNexthop
+	for it.Next(&k, &nh) {
+		if nh.Ifindex == 0 || nh.Ifindex == uint32(iface.Index) {
+			continue
+		}
+		if _, err := net.InterfaceByIndex(int(nh.Ifindex)); err == nil {
+			continue
+		}
+		nh.Ifindex = uint32(iface.Index)
+		copy(nh.Smac[:], iface.HardwareAddr)
+		hops, hopVals = append(hops, k), append(hopVals, nh)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("listing next hops: %w", err)
+	}
+	for i := range hops {
+		if err := d.objs.NexthopMap.Update(&hops[i], &hopVals[i], ebpf.UpdateExist); err != nil {
+			return fmt.Errorf("moving a next hop onto %s: %w", ifname, err)
 		}
 	}
 	return nil
