@@ -712,6 +712,11 @@ func (c *Controller) roleLeft(m *Member, svc Service) bool {
 		return m.Role != RolePrimary || m.Conflict || m.Fenced
 	}
 	// A primary serving reads as fallback keeps them when replicas return.
+	// A replica past max_read_lag leaves with its sessions: they would go
+	// on reading stale data. Only a drain lets them finish.
+	if m.Role == RoleReplica && !m.Drained && c.cfg.MaxReadLag > 0 && m.ReplayLag > c.cfg.MaxReadLag {
+		return true
+	}
 	return m.Fenced || (m.Role != RoleReplica && m.Role != RolePrimary)
 }
 

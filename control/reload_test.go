@@ -39,7 +39,7 @@ func TestReconfigure(t *testing.T) {
 			wantErr: ErrSynchronousChange, wantRW: addrs(pg1), wantRO: addrs(pg2, pg3)},
 		{name: "lag limit applies at once", cfg: Config{MaxReadLag: time.Second}, nodes: []Node{pg1, pg2, pg3},
 			after:  []step{{node: "pg2", replica: true, lag: 5 * time.Second}},
-			wantRW: addrs(pg1), wantRO: addrs(pg3)},
+			wantRW: addrs(pg1), wantRO: addrs(pg3), wantCuts: []string{"cut 172.20.0.11:5432"}},
 		{name: "fall applies at once", cfg: Config{Fall: 1}, nodes: []Node{pg1, pg2, pg3}, after: []step{fail("pg3")},
 			wantRW: addrs(pg1), wantRO: addrs(pg2), wantCuts: []string{"cut 172.20.0.12:5432"}},
 	}
