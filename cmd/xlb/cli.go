@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/xlb-dev/xlb/control"
+	"github.com/xlb-dev/xlb/control/web"
 )
 
 var socketFlag = &cli.StringFlag{Name: "socket", Value: defaultSocket, Usage: "control socket of the daemon", EnvVars: []string{"XLB_SOCKET"}}
@@ -116,7 +117,7 @@ func printBackends(w io.Writer, rows []BackendView, now time.Time) {
 		lag, lagBytes, sync := "-", "-", "-"
 		if r.Role == "replica" {
 			lag = (time.Duration(r.LagMS) * time.Millisecond).String()
-			lagBytes = humanBytes(r.LagBytes)
+			lagBytes = web.HumanBytes(r.LagBytes)
 		}
 		if r.Synchronous {
 			sync = "sync"
@@ -130,7 +131,7 @@ func printBackends(w io.Writer, rows []BackendView, now time.Time) {
 			check = now.Sub(r.LastCheck).Round(time.Millisecond).String() + " ago"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.Member, r.Host, r.Role, r.State,
-			r.Timeline, dash(lsn), lag, lagBytes, sync, pools, r.Flows, r.Packets, humanBytes(r.Bytes), check)
+			r.Timeline, dash(lsn), lag, lagBytes, sync, pools, r.Flows, r.Packets, web.HumanBytes(r.Bytes), check)
 	}
 	tw.Flush()
 	for _, r := range rows {
@@ -192,9 +193,9 @@ func printStatus(w io.Writer, v StatusView) {
 	fmt.Fprintln(tw, "SERVICE\tPACKETS\tBYTES\tNEW FLOWS\tRSTS\tDROPS")
 	for _, s := range []string{"rw", "ro"} {
 		c := v.Services[s]
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\n", s, c.Packets, humanBytes(c.Bytes), c.NewFlows, c.RSTs, c.DropTotal())
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\n", s, c.Packets, web.HumanBytes(c.Bytes), c.NewFlows, c.RSTs, c.DropTotal())
 	}
-	fmt.Fprintf(tw, "total\t%d\t%s\t%d\t%d\t%d\n", v.Total.Packets, humanBytes(v.Total.Bytes), v.Total.NewFlows, v.Total.RSTs, v.Total.DropTotal())
+	fmt.Fprintf(tw, "total\t%d\t%s\t%d\t%d\t%d\n", v.Total.Packets, web.HumanBytes(v.Total.Bytes), v.Total.NewFlows, v.Total.RSTs, v.Total.DropTotal())
 	tw.Flush()
 	if len(v.Total.Drops) > 0 {
 		fmt.Fprintln(w, "\ndrops by reason:")
@@ -232,17 +233,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func humanBytes(b uint64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := uint64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }

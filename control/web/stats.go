@@ -126,7 +126,7 @@ var pageFuncs = template.FuncMap{
 		return humanDuration(now.Sub(t))
 	},
 	"dur":   humanDuration,
-	"bytes": humanBytes,
+	"bytes": HumanBytes,
 	"join":  func(s []string) string { return strings.Join(s, ", ") },
 	"pct":   func(f float64) string { return fmt.Sprintf("%.1f%%", f) },
 	"num":   func(n uint64) string { return groupDigits(n) },
@@ -159,8 +159,8 @@ func humanDuration(d time.Duration) string {
 	}
 }
 
-// humanBytes prints b in binary units: 512 B, 1.5 KiB, 3.2 GiB.
-func humanBytes(b uint64) string {
+// HumanBytes prints b in binary units: 512 B, 1.5 KiB, 3.2 GiB.
+func HumanBytes(b uint64) string {
 	const unit = 1024
 	if b < unit {
 		return fmt.Sprintf("%d B", b)
