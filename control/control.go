@@ -85,6 +85,23 @@ type Datapath interface {
 	SetPool(svc Service, backends []netip.AddrPort) error
 	// Cut removes b from every pool and deletes its flows.
 	Cut(b netip.AddrPort) error
+	// CutService removes b from svc's pool and deletes its flows of svc
+	// only: b changed role and serves the other service on.
+	CutService(svc Service, b netip.AddrPort) error
+}
+
+// cut is a cut to make: of b's flows of svc, or of all of them.
+type cut struct {
+	b   netip.AddrPort
+	svc Service
+	all bool // b leaves every pool
+}
+
+func (c cut) String() string {
+	if c.all {
+		return c.b.String()
+	}
+	return fmt.Sprintf("%v from %v", c.b, c.svc)
 }
 
 // Config holds the controller's rules.
@@ -147,6 +164,11 @@ type Options struct {
 	// Remember is called (under the controller's lock: keep it short)
 	// whenever Durable changes. nil: nothing is kept.
 	Remember func(Durable)
+	// Pools are what the datapath holds when the controller starts
+	// (after a restart: the pinned pools, indexed by Service). Status
+	// shows them until every node answered once, and the first decision
+	// is compared with them, so a node that left meanwhile is cut.
+	Pools [2][]netip.AddrPort
 }
 
 // Member is a node and what the controller knows of it.
@@ -207,15 +229,15 @@ type Controller struct {
 	events    []Event   // failovers and switchovers, newest last, at most maxEvents
 	retryAt   time.Time // no promotion is tried before this (after a failed one)
 	backoff   time.Duration
-	promoSet  []string         // sync mode: nodes that hold every acknowledged commit
-	pending   *syncStep        // sync mode: a set written, not yet caught up
-	syncNames []string         // sync mode: synchronous_standby_names as last written
-	holdRW    bool             // switchover: no writer until the target is promoted
-	syncBusy  bool             // a synchronous_standby_names change is under way
-	wal       []walSample      // the writer's WAL position over time, oldest first
-	sysid     uint64           // the cluster's system identifier; 0 = not known yet
-	cutRetry  []netip.AddrPort // backends whose cut failed: tried again at every apply
-	dpErr     string           // the datapath's last error, "" once a write works again
+	promoSet  []string    // sync mode: nodes that hold every acknowledged commit
+	pending   *syncStep   // sync mode: a set written, not yet caught up
+	syncNames []string    // sync mode: synchronous_standby_names as last written
+	holdRW    bool        // switchover: no writer until the target is promoted
+	syncBusy  bool        // a synchronous_standby_names change is under way
+	wal       []walSample // the writer's WAL position over time, oldest first
+	sysid     uint64      // the cluster's system identifier; 0 = not known yet
+	cutRetry  []cut       // cuts that failed: tried again at every apply
+	dpErr     string      // the datapath's last error, "" once a write works again
 }
 
 // walSample is the writer's WAL position at a probe.
@@ -275,7 +297,16 @@ func New(cfg Config, nodes []Node, o Options) *Controller {
 	c := &Controller{cfg: cfg, o: o, dp: o.Datapath, now: o.Now,
 		latestTL: cfg.Known.Timeline, sysid: cfg.Known.SystemID}
 	for _, n := range nodes {
-		c.members = append(c.members, &Member{Node: n, Role: RoleUnknown, Health: HealthUnknown})
+		m := &Member{Node: n, Role: RoleUnknown, Health: HealthUnknown}
+		for _, svc := range []Service{RW, RO} {
+			if slices.Contains(o.Pools[svc], n.Addr) {
+				m.Pools = append(m.Pools, svc)
+			}
+		}
+		c.members = append(c.members, m)
+	}
+	for _, svc := range []Service{RW, RO} {
+		c.pools[svc] = slices.Clone(o.Pools[svc])
 	}
 	return c
 }
@@ -651,40 +682,50 @@ func (c *Controller) apply() error {
 		}
 	}
 	var errs []error
-	cut := false
+	didCut := false
 	// Cuts that failed before are tried again until they work: a client
 	// of a node that left must not keep its flow.
-	for _, b := range slices.Clone(c.cutRetry) {
-		if err := c.dp.Cut(b); err != nil {
-			errs = append(errs, fmt.Errorf("cutting %v again: %w", b, err))
+	for _, k := range slices.Clone(c.cutRetry) {
+		if err := c.cut(k); err != nil {
+			errs = append(errs, fmt.Errorf("cutting %v again: %w", k, err))
 			continue
 		}
-		slog.Info("cut retried", "backend", b)
-		c.cutRetry = slices.DeleteFunc(c.cutRetry, func(x netip.AddrPort) bool { return x == b })
-		cut = true
+		slog.Info("cut retried", "backend", k.b, "service", k.svc, "all", k.all)
+		c.cutRetry = slices.DeleteFunc(c.cutRetry, func(x cut) bool { return x == k })
+		didCut = true
 	}
+	done := map[netip.AddrPort]bool{}
 	for _, svc := range []Service{RW, RO} {
+		other := RO
+		if svc == RO {
+			other = RW
+		}
 		for _, b := range c.pools[svc] {
-			if slices.Contains(d.pools[svc], b) {
+			if done[b] || slices.Contains(d.pools[svc], b) {
 				continue
 			}
 			m := c.byAddr(b)
 			if m != nil && m.Health == HealthUp && !c.roleLeft(m, svc) {
 				continue // drained or lagging: keep its flows
 			}
-			slog.Info("cutting flows", "backend", b, "service", svc)
-			if err := c.dp.Cut(b); err != nil {
-				errs = append(errs, fmt.Errorf("cutting %v: %w", b, err))
-				if !slices.Contains(c.cutRetry, b) {
-					c.cutRetry = append(c.cutRetry, b)
+			// A node that serves the other service on (a replica
+			// promoted, a primary demoted) loses only this service's
+			// sessions; one that serves nothing loses all.
+			k := cut{b: b, svc: svc, all: !slices.Contains(d.pools[other], b)}
+			done[b] = k.all
+			slog.Info("cutting flows", "backend", b, "service", svc, "all", k.all)
+			if err := c.cut(k); err != nil {
+				errs = append(errs, fmt.Errorf("cutting %v: %w", k, err))
+				if !slices.Contains(c.cutRetry, k) {
+					c.cutRetry = append(c.cutRetry, k)
 				}
 			}
-			cut = true
+			didCut = true
 		}
 	}
 	for _, svc := range []Service{RW, RO} {
 		// A cut takes a backend out of every pool: rewrite them all.
-		if c.written && !cut && slices.Equal(c.pools[svc], d.pools[svc]) {
+		if c.written && !didCut && slices.Equal(c.pools[svc], d.pools[svc]) {
 			continue
 		}
 		slog.Info("pool", "service", svc, "backends", d.pools[svc])
@@ -703,6 +744,14 @@ func (c *Controller) apply() error {
 	return err
 }
 
+// cut makes the cut k.
+func (c *Controller) cut(k cut) error {
+	if k.all {
+		return c.dp.Cut(k.b)
+	}
+	return c.dp.CutService(k.svc, k.b)
+}
+
 // roleLeft reports whether m no longer has the role that svc needs.
 func (c *Controller) roleLeft(m *Member, svc Service) bool {
 	if m.Foreign {
@@ -711,13 +760,23 @@ func (c *Controller) roleLeft(m *Member, svc Service) bool {
 	if svc == RW {
 		return m.Role != RolePrimary || m.Conflict || m.Fenced
 	}
-	// A primary serving reads as fallback keeps them when replicas return.
-	// A replica past max_read_lag leaves with its sessions: they would go
-	// on reading stale data. Only a drain lets them finish.
-	if m.Role == RoleReplica && !m.Drained && c.cfg.MaxReadLag > 0 && m.ReplayLag > c.cfg.MaxReadLag {
+	if m.Fenced || (m.Role != RoleReplica && m.Role != RolePrimary) {
 		return true
 	}
-	return m.Fenced || (m.Role != RoleReplica && m.Role != RolePrimary)
+	// Readers read from the read pool's nodes only. Only a drain lets a
+	// node's sessions finish after it left the pool.
+	if m.Drained {
+		return false
+	}
+	// A replica promoted, or a primary that served reads as fallback
+	// until replicas came back, loses its readers: they reconnect to a
+	// replica (and the primary keeps its writers).
+	if m.Role == RolePrimary {
+		return true
+	}
+	// A replica past max_read_lag leaves with its sessions: they would go
+	// on reading stale data.
+	return c.cfg.MaxReadLag > 0 && m.ReplayLag > c.cfg.MaxReadLag
 }
 
 func (c *Controller) byAddr(b netip.AddrPort) *Member {

@@ -34,6 +34,12 @@ func (f *fakeDatapath) Cut(b netip.AddrPort) error {
 	return nil
 }
 
+func (f *fakeDatapath) CutService(svc Service, b netip.AddrPort) error {
+	f.pools[svc] = slices.DeleteFunc(f.pools[svc], func(x netip.AddrPort) bool { return x == b })
+	f.log = append(f.log, fmt.Sprintf("cut %v from %v", b, svc))
+	return nil
+}
+
 var (
 	pg1 = Node{Name: "pg1", Addr: netip.MustParseAddrPort("172.20.0.10:5432")}
 	pg2 = Node{Name: "pg2", Addr: netip.MustParseAddrPort("172.20.0.11:5432")}
@@ -126,12 +132,16 @@ func TestPools(t *testing.T) {
 		{name: "drained primary takes no writes", steps: seq(start, drain("pg1")), wantRW: nil, wantRO: addrs(pg2, pg3)},
 		{name: "unreachable at start: never routed", steps: []step{fail("pg1"), rep("pg2"), rep("pg3")},
 			wantRW: nil, wantRO: addrs(pg2, pg3)},
-		{name: "promoted replica becomes the writer, old primary cut", steps: seq(start, times(fail("pg1"), 3), step{node: "pg2", tl: 2}),
-			wantRW: addrs(pg2), wantRO: addrs(pg3), wantCuts: []string{"cut 172.20.0.10:5432"}},
+		{name: "promoted replica becomes the writer, old primary cut, its readers cut", steps: seq(start, times(fail("pg1"), 3), step{node: "pg2", tl: 2}),
+			wantRW: addrs(pg2), wantRO: addrs(pg3), wantCuts: []string{"cut 172.20.0.10:5432", "cut 172.20.0.11:5432 from ro"}},
 		{name: "two primaries: newest timeline writes", steps: seq(start, step{node: "pg2", tl: 2}),
-			wantRW: addrs(pg2), wantRO: addrs(pg3), wantCuts: []string{"cut 172.20.0.10:5432"}},
-		{name: "demoted primary leaves writes, joins reads", steps: seq(start, step{node: "pg1", replica: true, tl: 1}),
-			wantRW: nil, wantRO: addrs(pg1, pg2, pg3), wantCuts: []string{"cut 172.20.0.10:5432"}},
+			wantRW: addrs(pg2), wantRO: addrs(pg3), wantCuts: []string{"cut 172.20.0.10:5432", "cut 172.20.0.11:5432 from ro"}},
+		{name: "demoted primary leaves writes, joins reads: only its writers cut", steps: seq(start, step{node: "pg1", replica: true, tl: 1}),
+			wantRW: nil, wantRO: addrs(pg1, pg2, pg3), wantCuts: []string{"cut 172.20.0.10:5432 from rw"}},
+		{name: "fallback primary loses its readers when a replica returns", steps: seq(ok("pg1"), fail("pg2"), fail("pg3"), rep("pg2"), rep("pg2")),
+			wantRW: addrs(pg1), wantRO: addrs(pg2), wantCuts: []string{"cut 172.20.0.10:5432 from ro"}, cfg: Config{ReadFallback: true}},
+		{name: "drained fallback primary keeps its readers", cfg: Config{ReadFallback: true}, steps: seq(ok("pg1"), fail("pg2"), fail("pg3"), drain("pg1"), rep("pg2"), rep("pg2")),
+			wantRW: nil, wantRO: addrs(pg2)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,3 +200,50 @@ func TestUnknownNode(t *testing.T) {
 }
 
 var cmpAddr = gocmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
+
+// TestPinnedPools: a restarted daemon starts from the pools the datapath
+// kept. Status shows them until every node answered, nothing is written
+// meanwhile, and a node that left them while the daemon was away (pg3,
+// now down; pg9, no longer configured) is cut at the first decision.
+func TestPinnedPools(t *testing.T) {
+	pg9 := netip.MustParseAddrPort("172.20.0.19:5432")
+	fd := &fakeDatapath{}
+	fd.pools[RW] = addrs(pg1)
+	fd.pools[RO] = append(addrs(pg2, pg3), pg9)
+	c := New(Config{}, []Node{pg1, pg2, pg3}, Options{Datapath: fd,
+		Pools: [2][]netip.AddrPort{RW: slices.Clone(fd.pools[RW]), RO: slices.Clone(fd.pools[RO])}})
+	pools := func() map[string][]Service {
+		out := map[string][]Service{}
+		for _, m := range c.Members() {
+			out[m.Name] = m.Pools
+		}
+		return out
+	}
+	want := map[string][]Service{"pg1": {RW}, "pg2": {RO}, "pg3": {RO}}
+	if diff := gocmp.Diff(want, pools()); diff != "" {
+		t.Errorf("members' pools before any probe (-want +got):\n%s", diff)
+	}
+	for _, o := range []Observation{{Node: "pg1", Timeline: 1}, {Node: "pg2", InRecovery: true, Timeline: 1}} {
+		if err := c.Observe(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(fd.log) != 0 || !slices.Equal(c.Pool(RO), fd.pools[RO]) {
+		t.Fatalf("written before every node answered: %v, controller's ro pool %v", fd.log, c.Pool(RO))
+	}
+	if err := c.Observe(Observation{Node: "pg3", Err: errors.New("connection refused")}); err != nil {
+		t.Fatal(err)
+	}
+	var cuts []string
+	for _, l := range fd.log {
+		if strings.HasPrefix(l, "cut ") {
+			cuts = append(cuts, l)
+		}
+	}
+	if diff := gocmp.Diff([]string{"cut " + pg3.Addr.String(), "cut " + pg9.String()}, cuts); diff != "" {
+		t.Errorf("cuts at the first decision (-want +got):\n%s\nlog: %v", diff, fd.log)
+	}
+	if diff := gocmp.Diff(addrs(pg2), fd.pools[RO], cmpAddr); diff != "" {
+		t.Errorf("ro pool (-want +got):\n%s", diff)
+	}
+}

@@ -140,6 +140,38 @@ func (d *Datapath) RemoveBackend(b netip.AddrPort) ([]Flow, error) {
 	return flows, nil
 }
 
+// CutService takes b out of svc's pool and deletes b's flows of svc, and
+// returns the client connections it cut; b keeps its other pool and the
+// flows there. It is for a node that changed role: a replica promoted
+// leaves the read pool, and its readers must not go on reading from a
+// primary through VIP:ro (nor a demoted primary's writers from a
+// replica). Unlike RemoveBackend, b stays alive: XDP resets the cut
+// flows' next packets because their entries are gone. It returns
+// ErrUnknownBackend for a backend the datapath does not know.
+func (d *Datapath) CutService(svc Service, b netip.AddrPort) ([]Flow, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id, ok := d.ids[b]
+	if !ok {
+		return nil, fmt.Errorf("cutting %v from %v: %w", b, svc, ErrUnknownBackend)
+	}
+	if i := slices.Index(d.pools[svc], b); i >= 0 {
+		pool := slices.Delete(slices.Clone(d.pools[svc]), i, i+1)
+		set := make(map[netip.AddrPort]uint32, len(pool))
+		for _, p := range pool {
+			set[p] = d.ids[p]
+		}
+		if err := d.writeTable(svc, maglevTable(set, maglevSize)); err != nil {
+			return nil, err
+		}
+		d.pools[svc] = pool
+	}
+	_, flows, err := d.flushWhere(func(f *xlbXlbFlow) bool {
+		return f.Backend == id && Service(f.Svc) == svc
+	}, d.backendsByIDLocked())
+	return flows, err
+}
+
 // Backends lists the backends the datapath knows, ordered by address.
 func (d *Datapath) Backends() ([]Backend, error) {
 	d.mu.Lock()

@@ -2,7 +2,9 @@ package loader_test
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/xlb-dev/xlb/loader"
@@ -325,5 +327,81 @@ func TestSNATExhaustion(t *testing.T) {
 		if r.dst != ap(client, cport) || r.src != ap(vip, 3000) {
 			t.Fatalf("reply on port %d went %v -> %v, want %v -> %v", sport, r.src, r.dst, ap(vip, 3000), ap(client, cport))
 		}
+	}
+}
+
+// TestCutService promotes a replica in the datapath's eyes: pg2 serves
+// both pools, then leaves the read pool with CutService. Its readers get a
+// RST at their next packet, its writers and pg3's readers go on, new reads
+// never reach pg2, and CutService returns exactly the cut flows.
+func TestCutService(t *testing.T) {
+	f := newFixture(t, snatPorts)
+	pg2b, pg3b := ap(pg2, 5432), ap(pg3, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{pg2b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.dp.SetBackends(loader.RO, []netip.AddrPort{pg2b, pg3b}); err != nil {
+		t.Fatal(err)
+	}
+	type open struct {
+		p  pkt
+		be netip.AddrPort
+	}
+	var flows []open
+	for i := range 200 {
+		port := uint16(3001)
+		if i%4 == 0 {
+			port = 3000
+		}
+		p := clientPkt(uint16(20000+i), port, syn, nil)
+		be, _ := forward(t, f, p)
+		flows = append(flows, open{p, be})
+	}
+	want := 0
+	for _, o := range flows {
+		if o.p.dport == 3001 && o.be == pg2b {
+			want++
+		}
+	}
+	if want == 0 {
+		t.Fatal("no read went to pg2: the test would prove nothing")
+	}
+	cut, err := f.dp.CutService(loader.RO, pg2b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cut) != want {
+		t.Errorf("CutService returned %d flows, want the %d reads on pg2", len(cut), want)
+	}
+	for _, c := range cut {
+		if c.Backend != pg2b || c.Service != loader.RO {
+			t.Errorf("cut flow %+v: want only pg2's reads", c)
+		}
+	}
+	for _, o := range flows {
+		p := o.p
+		p.flags, p.seq = ack, 1001
+		if o.p.dport == 3001 && o.be == pg2b {
+			v, out := f.run(t, p.build())
+			wantVerdict(t, v, xdpTX)
+			if r, err := parseTCP(out); err != nil || r.flags&rst == 0 {
+				t.Fatalf("a cut read of pg2: got %+v (%v), want a RST", r, err)
+			}
+			continue
+		}
+		if be, _ := forward(t, f, p); be != o.be {
+			t.Fatalf("flow to %v (port %d) moved to %v", o.be, o.p.dport, be)
+		}
+	}
+	if got := f.dp.Pool(loader.RO); !slices.Equal(got, []netip.AddrPort{pg3b}) {
+		t.Errorf("read pool after the cut: %v, want [%v]", got, pg3b)
+	}
+	for i := range 100 {
+		if be, _ := forward(t, f, clientPkt(uint16(40000+i), 3001, syn, nil)); be != pg3b {
+			t.Fatalf("a new read went to %v after pg2 left the read pool", be)
+		}
+	}
+	if _, err := f.dp.CutService(loader.RO, ap(pg1, 5432)); !errors.Is(err, loader.ErrUnknownBackend) {
+		t.Errorf("CutService of an unknown backend: %v, want ErrUnknownBackend", err)
 	}
 }

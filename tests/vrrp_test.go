@@ -278,13 +278,29 @@ func (v *vrrpLab) requireWrite(ctx context.Context, note, lb string) {
 	v.t.Helper()
 	server, via, took, err := v.write(ctx, note, 10*time.Second)
 	if err != nil {
-		v.t.Fatalf("write through VIP:%d (%s): %v", lab.PortRW, note, err)
+		v.t.Fatalf("write through VIP:%d (%s): %v\n%s", lab.PortRW, note, err, v.diagnose())
 	}
 	if server != hostAddr("pg1") || via != hostAddr(lb) {
 		v.t.Fatalf("write through VIP:%d (%s) landed on %s from %s, want the primary pg1 %s from %s %s",
 			lab.PortRW, note, server, via, hostAddr("pg1"), lb, hostAddr(lb))
 	}
 	v.t.Logf("%s: write through VIP:%d landed on pg1, forwarded by %s (succeeded after %v)", note, lab.PortRW, lb, took.Round(time.Millisecond))
+}
+
+// diagnose gathers what tells why the VIP does not answer: each LB's
+// status and backends as its daemon reports them, its log's tail, and the
+// client's neighbour entry for the VIP.
+func (v *vrrpLab) diagnose() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "client's neighbour entry for the VIP: %q (lb1 %s, lb2 %s)\n", v.vipMAC(), v.macs["lb1"], v.macs["lb2"])
+	for _, lb := range []string{"lb1", "lb2"} {
+		for _, cmd := range []string{"status", "backends"} {
+			out, err := exec.Command(v.bin, cmd, "--socket", v.lab.Sockets[lb]).CombinedOutput()
+			fmt.Fprintf(&b, "xlb %s on %s (%v):\n%s\n", cmd, lb, err, out)
+		}
+		b.WriteString(v.logTail(lb, 30) + "\n")
+	}
+	return b.String()
 }
 
 // probe is one TCP connect to VIP:3000.

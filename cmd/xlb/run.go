@@ -200,6 +200,9 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	}
 	ctl := control.New(ctlCfg, nodes, control.Options{
 		Datapath: &poolWriter{dp: dp, kicker: kicker, owner: owner},
+		// After a restart: the pinned pools, shown and kept until every
+		// node answered.
+		Pools:    [2][]netip.AddrPort{control.RW: dp.Pool(loader.RW), control.RO: dp.Pool(loader.RO)},
 		Promoter: actions,
 		Wake:     waker.Wake,
 		Owner:    owner,
@@ -382,12 +385,27 @@ const kickAgain = 600 * time.Millisecond
 
 func (p *poolWriter) Cut(b netip.AddrPort) error {
 	flows, err := p.dp.RemoveBackend(b)
+	return p.kick(b, "all", flows, err)
+}
+
+func (p *poolWriter) CutService(svc control.Service, b netip.AddrPort) error {
+	s := loader.RW
+	if svc == control.RO {
+		s = loader.RO
+	}
+	flows, err := p.dp.CutService(s, b)
+	return p.kick(b, s.String(), flows, err)
+}
+
+// kick kicks the clients of the flows a cut of b (of service, or "all")
+// deleted, now and again after kickAgain, while this node owns the VIP.
+func (p *poolWriter) kick(b netip.AddrPort, service string, flows []loader.Flow, err error) error {
 	if errors.Is(err, loader.ErrUnknownBackend) {
 		return nil
 	}
 	if len(flows) > 0 && p.owner() {
 		n, kerr := p.kicker.Kick(flows)
-		slog.Info("flows cut", "backend", b, "flows", len(flows), "clients_kicked", n)
+		slog.Info("flows cut", "backend", b, "service", service, "flows", len(flows), "clients_kicked", n)
 		if kerr != nil {
 			slog.Warn("kicking clients", "backend", b, "err", kerr)
 		}
@@ -399,7 +417,7 @@ func (p *poolWriter) Cut(b netip.AddrPort) error {
 			}
 		})
 	} else if err == nil {
-		slog.Info("flows cut", "backend", b, "flows", len(flows))
+		slog.Info("flows cut", "backend", b, "service", service, "flows", len(flows))
 	}
 	return err
 }
