@@ -106,12 +106,24 @@ func TestSwitchoverUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// An idle reader on pg2 through VIP:3001: once pg2 is the primary it
+	// is in no read pool, and its reader must learn it (it would go on
+	// reading from the primary through the read-only port).
+	rconn, err := readerOn(ctx, r, "pg2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rconn.Close(context.Background())
+	reader := block(t, "reader on pg2 via :3001", rconn)
+
 	t0 := time.Now()
 	out, err := exec.CommandContext(ctx, r.Binary, "switchover", "--to", "pg2", "--socket", r.Socket).CombinedOutput()
 	if err != nil {
 		t.Fatalf("xlb switchover --to pg2: %v: %s", err, out)
 	}
 	t.Logf("xlb switchover: %s", strings.TrimSpace(string(out)))
+	at := reader.ended(t, maxReset)
+	t.Logf("switchover: pg2's reader through VIP:3001 was cut %v after xlb switchover began", at.Sub(t0).Round(time.Millisecond))
 	wctx, wcancel = context.WithTimeout(ctx, 30*time.Second)
 	first, err := w.WaitAck(wctx, t0, func(a lab.Ack) bool { return a.Server == pg2 })
 	wcancel()
