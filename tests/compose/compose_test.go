@@ -252,15 +252,7 @@ func TestComposeLab(t *testing.T) {
 
 	t.Run("routing", func(t *testing.T) { testRouting(t, l) })
 	t.Run("published ports", func(t *testing.T) { testPublished(t, l) })
-	// Known failure since the datapath's new flow table (issue 10): across
-	// `docker restart lb1` pgbench's connections are reset. Run it with
-	// XLB_COMPOSE_RESTART=1 while it is being fixed; CI leaves it out so
-	// the rest of the lab is checked.
-	if os.Getenv("XLB_COMPOSE_RESTART") == "1" {
-		t.Run("restart lb1 under load", func(t *testing.T) { testRestartLB(t, l) })
-	} else {
-		t.Log("restart lb1 under load: left out (known failure; XLB_COMPOSE_RESTART=1 runs it)")
-	}
+	t.Run("restart lb1 under load", func(t *testing.T) { testRestartLB(t, l) })
 	t.Run("kill lb1", func(t *testing.T) { testKillLB(t, l) })
 	t.Run("kill pg1", func(t *testing.T) { testKillPrimary(t, l) })
 	t.Run("down leaves nothing", func(t *testing.T) { testDown(t, l, pins) })
@@ -296,7 +288,8 @@ func testPublished(t *testing.T, l *composeLab) {
 		}
 		return strings.TrimSpace(out)
 	}
-	metrics := "http://" + port("lb1", "8080") + "/metrics"
+	// lb1's port is published by lb1-net, whose network namespace it joins.
+	metrics := "http://" + port("lb1-net", "8080") + "/metrics"
 	resp, err := http.Get(metrics)
 	if err != nil {
 		t.Fatalf("GET %s: %v", metrics, err)
@@ -322,9 +315,11 @@ func testPublished(t *testing.T, l *composeLab) {
 
 // testRestartLB runs pgbench through VIP:3000 over long-lived connections
 // while lb1 is restarted (docker restart, then docker kill + start): no
-// client loses its connection, because lb1's flows and link are pinned in
-// the host's bpffs. lb2 is stopped meanwhile: with it up it would take the
-// VIP while lb1 is away, and it has no record of lb1's flows.
+// client loses its connection. lb1's network namespace is lb1-net's, so
+// eth0 and the XDP program on it stay while the daemon is away, and its
+// maps and link are pinned in the host's bpffs for the daemon that comes
+// back. lb2 is stopped meanwhile: with it up it would take the VIP while
+// lb1 is away, and it has no record of lb1's flows.
 func testRestartLB(t *testing.T, l *composeLab) {
 	l.t = t
 	if _, err := l.dc(2*time.Minute, "stop", "lb2"); err != nil {
@@ -340,7 +335,7 @@ func testRestartLB(t *testing.T, l *composeLab) {
 	})
 	l.mustExec("client", "pgbench -q -i -s 1 -p 3000")
 	for _, how := range []string{"docker restart", "docker kill + docker start"} {
-		pb := startStream(t, l, "client", "pgbench -n -c 4 -j 2 -T 60 -P 1 -p 3000")
+		pb := startStream(t, l, "client", "pgbench -n -c 4 -j 2 -T 20 -P 1 -p 3000")
 		pb.waitLine(t, "pgbench reporting progress", time.Minute, func(s string) bool { return strings.HasPrefix(s, "progress:") })
 		id := l.id("lb1")
 		before := l.startedAt(id)
@@ -371,18 +366,16 @@ func testRestartLB(t *testing.T, l *composeLab) {
 				tps = append(tps, v)
 			}
 		}
-		stall, last, going := 0, -1, false
-		for i, v := range tps {
-			going = going || v > 0
-			if v == 0 && going {
+		stall := 0
+		for _, v := range tps {
+			if v == 0 {
 				stall++
-				last = i
 			}
 		}
-		if last < 0 || last == len(tps)-1 || slices.Max(tps[last+1:]) == 0 {
-			t.Fatalf("pgbench shows no stall followed by transactions across %s of lb1:\n%s", how, out)
+		if len(tps) < 3 || slices.Min(tps[len(tps)-3:]) == 0 {
+			t.Fatalf("pgbench's connections do not carry transactions at the end, after %s of lb1:\n%s", how, out)
 		}
-		t.Logf("%s of lb1: pgbench's 4 connections stalled %d s (1 s progress lines with 0 tps; TCP retransmission backoff included) and went on, 0 failed", how, stall)
+		t.Logf("%s of lb1: pgbench's 4 connections went on, 0 failed; %d of %d progress lines (1 s) with 0 tps", how, stall, len(tps))
 	}
 }
 

@@ -3,7 +3,8 @@
 // the lab comes up from images built on a base made offline from Debian's
 // packages, routes writes to the primary and reads over the replicas, fails
 // over when pg1 or lb1 is killed, keeps established connections across a
-// restart of lb1 (pins in the host's bpffs), and leaves nothing behind.
+// restart of lb1 (its network namespace held by lb1-net, its maps pinned in
+// the host's bpffs), and leaves nothing behind.
 //
 // # Needs
 //
