@@ -53,7 +53,7 @@ vrrp:
 # and 8082 (lb2).
 http:
   listen: ":8080"
-# Newest timeline and system identifier, kept across `docker restart`.
+# Newest timeline and system identifier, kept across a container restart.
 state_file: /var/lib/xlb/state.json
 nodes:$nodes
 CONF
