@@ -70,6 +70,17 @@ static __always_inline struct xlb_backend *backend_alive(__u32 id)
 	return be;
 }
 
+/* backend_serves returns backend id when it is alive and its flows of svc
+ * are not cut, else NULL. */
+static __always_inline struct xlb_backend *backend_serves(__u32 id, __u32 svc)
+{
+	struct xlb_backend *be = backend_alive(id);
+
+	if (!be || (be->flags & (XLB_BACKEND_CUT_RW << (svc & 1))))
+		return 0;
+	return be;
+}
+
 /* vip_owned reports whether this node may take new traffic for the VIP. */
 static __always_inline int vip_owned(void)
 {

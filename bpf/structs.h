@@ -70,6 +70,11 @@ struct xlb_counters {
 /* xlb_backend_flags are the bits of xlb_backend.flags. */
 enum xlb_backend_flags : __u16 {
 	XLB_BACKEND_ALIVE = 1,	/* flows to it are forwarded; cleared = flows get RST */
+	/* Its flows of one service are cut (it changed role: a replica
+	 * promoted loses its readers): their packets get RST, at once, while
+	 * user space still walks the table. Bit XLB_BACKEND_CUT_RW << svc. */
+	XLB_BACKEND_CUT_RW = 2,
+	XLB_BACKEND_CUT_RO = 4,
 };
 
 /* xlb_backend is one entry of backend_map, indexed by backend id (0 = none). */

@@ -122,10 +122,11 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct eth_hdr *et
 		return refuse(ctx, svc_slot(svc), XLB_DROP_FLOW_LOST, flags);
 	}
 	__u32 id = f->backend;
-	struct xlb_backend *be = backend_alive(id);
+	struct xlb_backend *be = backend_serves(id, svc);
 
 	if (!be) {
-		/* Backend gone: the flow ends, its packets get a RST. */
+		/* Backend gone, or its flows of svc cut: the flow ends, its
+		 * packets get a RST. */
 		snat_release(s, cookie);
 		flow_kill(f, cookie);
 		if (syn)

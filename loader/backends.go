@@ -27,7 +27,11 @@ func (d *Datapath) restore() error {
 			return fmt.Errorf("reading backend %d: %w", id, err)
 		}
 		if be.Addr != 0 {
-			d.ids[netip.AddrPortFrom(addrOf(be.Addr), portOf(be.Port))] = id
+			b := netip.AddrPortFrom(addrOf(be.Addr), portOf(be.Port))
+			d.ids[b] = id
+			if c := be.Flags & cutBits; c != 0 {
+				d.cuts[b] = c
+			}
 		}
 	}
 	byID := make(map[uint32]netip.AddrPort, len(d.ids))
@@ -77,6 +81,10 @@ func (d *Datapath) SetBackends(svc Service, backends []netip.AddrPort) error {
 	for _, b := range backends {
 		if !b.Addr().Is4() {
 			return fmt.Errorf("backend %v: need an IPv4 address", b)
+		}
+		// Back in svc's pool: its new flows of svc are not cut.
+		if d.cuts[b]&cutBit(svc) != 0 {
+			d.cuts[b] &^= cutBit(svc)
 		}
 		id, err := d.ensureID(b)
 		if err != nil {
@@ -137,23 +145,49 @@ func (d *Datapath) RemoveBackend(b netip.AddrPort) ([]Flow, error) {
 		return flows, fmt.Errorf("freeing id of %v: %w", b, err)
 	}
 	delete(d.ids, b)
+	delete(d.cuts, b)
 	return flows, nil
 }
+
+// markCut sets b's cut bit of svc in backend_map. d.mu is held.
+func (d *Datapath) markCut(svc Service, b netip.AddrPort, id uint32) error {
+	d.cuts[b] |= cutBit(svc)
+	be := xlbXlbBackend{Addr: wire32(b.Addr()), Port: wire16(b.Port()),
+		Flags: xlbXlbBackendFlagsXLB_BACKEND_ALIVE | d.cuts[b]}
+	if err := d.objs.BackendMap.Put(id, &be); err != nil {
+		return fmt.Errorf("cutting %v from %v: %w", b, svc, err)
+	}
+	return nil
+}
+
+// cutBits are the backend flags CutService sets.
+const cutBits = xlbXlbBackendFlagsXLB_BACKEND_CUT_RW | xlbXlbBackendFlagsXLB_BACKEND_CUT_RO
+
+// cutBit is the backend flag that cuts flows of svc.
+func cutBit(svc Service) xlbXlbBackendFlags { return xlbXlbBackendFlagsXLB_BACKEND_CUT_RW << svc }
 
 // CutService takes b out of svc's pool and deletes b's flows of svc, and
 // returns the client connections it cut; b keeps its other pool and the
 // flows there. It is for a node that changed role: a replica promoted
 // leaves the read pool, and its readers must not go on reading from a
 // primary through VIP:ro (nor a demoted primary's writers from a
-// replica). Unlike RemoveBackend, b stays alive: XDP resets the cut
-// flows' next packets because their entries are gone. It returns
-// ErrUnknownBackend for a backend the datapath does not know.
+// replica). Unlike RemoveBackend, b stays alive; its flows of svc are
+// marked cut in backend_map first, so XDP resets them at their next packet
+// even before the walk of the table deletes them, until b is in svc's
+// pool again (SetBackends). It returns ErrUnknownBackend for a backend the
+// datapath does not know.
 func (d *Datapath) CutService(svc Service, b netip.AddrPort) ([]Flow, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	id, ok := d.ids[b]
 	if !ok {
 		return nil, fmt.Errorf("cutting %v from %v: %w", b, svc, ErrUnknownBackend)
+	}
+	// The cut bit first: from here on XDP resets these flows at their
+	// next packet, while the walk of the table below (tens of ms for a
+	// large table) finds them for the kicker.
+	if err := d.markCut(svc, b, id); err != nil {
+		return nil, err
 	}
 	if i := slices.Index(d.pools[svc], b); i >= 0 {
 		pool := slices.Delete(slices.Clone(d.pools[svc]), i, i+1)
@@ -204,7 +238,8 @@ func (d *Datapath) Pool(svc Service) []netip.AddrPort {
 // ensureID returns b's id, giving it a free one (alive, counters zeroed)
 // when it has none.
 func (d *Datapath) ensureID(b netip.AddrPort) (uint32, error) {
-	alive := xlbXlbBackend{Addr: wire32(b.Addr()), Port: wire16(b.Port()), Flags: xlbXlbBackendFlagsXLB_BACKEND_ALIVE}
+	alive := xlbXlbBackend{Addr: wire32(b.Addr()), Port: wire16(b.Port()),
+		Flags: xlbXlbBackendFlagsXLB_BACKEND_ALIVE | d.cuts[b]}
 	if id, ok := d.ids[b]; ok {
 		// Re-arm a backend that an earlier run marked dead.
 		if err := d.objs.BackendMap.Put(id, &alive); err != nil {

@@ -56,3 +56,15 @@ func (d *Datapath) ForwardEntries() (int, error) {
 	}
 	return n, nil
 }
+
+// MarkCut sets b's cut bit of svc only, as CutService does before it walks
+// the table: the flows stay in the table.
+func (d *Datapath) MarkCut(svc Service, b netip.AddrPort) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id, ok := d.ids[b]
+	if !ok {
+		return ErrUnknownBackend
+	}
+	return d.markCut(svc, b, id)
+}

@@ -139,9 +139,10 @@ type Datapath struct {
 	objs xlbObjects
 
 	mu    sync.Mutex
-	ids   map[netip.AddrPort]uint32    // backend -> id
-	pools map[Service][]netip.AddrPort // last SetBackends per service
-	links map[string]link.Link         // attached interfaces
+	ids   map[netip.AddrPort]uint32             // backend -> id
+	pools map[Service][]netip.AddrPort          // last SetBackends per service
+	cuts  map[netip.AddrPort]xlbXlbBackendFlags // CutService's bits per backend
+	links map[string]link.Link                  // attached interfaces
 	// nl is a netlink handle in the namespace of the first Attach, for
 	// managed neighbour entries; nil before.
 	nl *netlink.Handle
@@ -209,6 +210,7 @@ func Load(cfg Config) (*Datapath, error) {
 		cfg:   cfg,
 		ids:   make(map[netip.AddrPort]uint32),
 		pools: make(map[Service][]netip.AddrPort),
+		cuts:  make(map[netip.AddrPort]xlbXlbBackendFlags),
 		links: make(map[string]link.Link),
 	}
 	if err := spec.LoadAndAssign(&d.objs, &opts); err != nil {

@@ -405,3 +405,48 @@ func TestCutService(t *testing.T) {
 		t.Errorf("CutService of an unknown backend: %v, want ErrUnknownBackend", err)
 	}
 }
+
+// TestCutBit: the cut bit alone (set before CutService walks the table)
+// resets the marked service's flows of a backend at their next packet and
+// leaves its other service's flows alone; the backend's return to the
+// pool clears it, and SetBackends of the other service keeps it.
+func TestCutBit(t *testing.T) {
+	f := newFixture(t, snatPorts)
+	pg2b := ap(pg2, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{pg2b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.dp.SetBackends(loader.RO, []netip.AddrPort{pg2b}); err != nil {
+		t.Fatal(err)
+	}
+	rw, ro := clientPkt(21000, 3000, syn, nil), clientPkt(21001, 3001, syn, nil)
+	forward(t, f, rw)
+	forward(t, f, ro)
+	if err := f.dp.MarkCut(loader.RO, pg2b); err != nil {
+		t.Fatal(err)
+	}
+	// The RW pool written again (ensureID re-arms the backend): the bit stays.
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{pg2b}); err != nil {
+		t.Fatal(err)
+	}
+	rw.flags, rw.seq = ack, 1001
+	ro.flags, ro.seq = ack, 1001
+	if be, _ := forward(t, f, rw); be != pg2b {
+		t.Fatalf("the write flow went to %v", be)
+	}
+	v, out := f.run(t, ro.build())
+	wantVerdict(t, v, xdpTX)
+	if r, err := parseTCP(out); err != nil || r.flags&rst == 0 {
+		t.Fatalf("the marked read flow: got %+v (%v), want a RST", r, err)
+	}
+	// Back in the read pool: new reads reach pg2 again.
+	if err := f.dp.SetBackends(loader.RO, []netip.AddrPort{pg2b}); err != nil {
+		t.Fatal(err)
+	}
+	again := clientPkt(21002, 3001, syn, nil)
+	forward(t, f, again)
+	again.flags, again.seq = ack, 1001
+	if be, _ := forward(t, f, again); be != pg2b {
+		t.Fatalf("a read after pg2 came back went to %v", be)
+	}
+}

@@ -30,7 +30,9 @@ type xlbXlbBackend struct {
 type xlbXlbBackendFlags uint16
 
 const (
-	xlbXlbBackendFlagsXLB_BACKEND_ALIVE xlbXlbBackendFlags = 1
+	xlbXlbBackendFlagsXLB_BACKEND_ALIVE  xlbXlbBackendFlags = 1
+	xlbXlbBackendFlagsXLB_BACKEND_CUT_RW xlbXlbBackendFlags = 2
+	xlbXlbBackendFlagsXLB_BACKEND_CUT_RO xlbXlbBackendFlags = 4
 )
 
 type xlbXlbBackendKey struct {
