@@ -50,6 +50,9 @@ struct {
 	__uint(max_entries, MAX_FLOWS);
 	__type(key, __u32);
 	__type(value, struct xlb_flow);
+	/* User space reads the table through mmap: a cut walks all of it,
+	 * and a syscall per batch of elements took ~80 ms. */
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } flow_map SEC(".maps");
 

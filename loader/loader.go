@@ -146,6 +146,10 @@ type Datapath struct {
 	// nl is a netlink handle in the namespace of the first Attach, for
 	// managed neighbour entries; nil before.
 	nl *netlink.Handle
+
+	memOnce    sync.Once
+	flowMem    *ebpf.Memory // flow_map's memory mapping (flowMemory)
+	flowMemErr error
 }
 
 // Load loads the datapath with cfg. With cfg.PinPath it mounts bpffs when
