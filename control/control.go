@@ -682,7 +682,6 @@ func (c *Controller) apply() error {
 		}
 	}
 	var errs []error
-	didCut := false
 	// Cuts that failed before are tried again until they work: a client
 	// of a node that left must not keep its flow.
 	for _, k := range slices.Clone(c.cutRetry) {
@@ -692,7 +691,6 @@ func (c *Controller) apply() error {
 		}
 		slog.Info("cut retried", "backend", k.b, "service", k.svc, "all", k.all)
 		c.cutRetry = slices.DeleteFunc(c.cutRetry, func(x cut) bool { return x == k })
-		didCut = true
 	}
 	done := map[netip.AddrPort]bool{}
 	for _, svc := range []Service{RW, RO} {
@@ -700,7 +698,7 @@ func (c *Controller) apply() error {
 		if svc == RO {
 			other = RW
 		}
-		for _, b := range c.pools[svc] {
+		for _, b := range slices.Clone(c.pools[svc]) {
 			if done[b] || slices.Contains(d.pools[svc], b) {
 				continue
 			}
@@ -720,12 +718,13 @@ func (c *Controller) apply() error {
 					c.cutRetry = append(c.cutRetry, k)
 				}
 			}
-			didCut = true
 		}
 	}
 	for _, svc := range []Service{RW, RO} {
-		// A cut takes a backend out of every pool: rewrite them all.
-		if c.written && !didCut && slices.Equal(c.pools[svc], d.pools[svc]) {
+		// Only pools that differ from the datapath's are written (a cut
+		// took its backend out of the datapath's pools already): a table
+		// write costs tens of ms in the middle of a failover.
+		if c.written && slices.Equal(c.pools[svc], d.pools[svc]) {
 			continue
 		}
 		slog.Info("pool", "service", svc, "backends", d.pools[svc])
@@ -744,12 +743,24 @@ func (c *Controller) apply() error {
 	return err
 }
 
-// cut makes the cut k.
+// cut makes the cut k and, when it worked, takes k's backend out of the
+// pools it left in the datapath (all of them, or k.svc's).
 func (c *Controller) cut(k cut) error {
+	var err error
 	if k.all {
-		return c.dp.Cut(k.b)
+		err = c.dp.Cut(k.b)
+	} else {
+		err = c.dp.CutService(k.svc, k.b)
 	}
-	return c.dp.CutService(k.svc, k.b)
+	if err != nil {
+		return err
+	}
+	for _, svc := range []Service{RW, RO} {
+		if k.all || svc == k.svc {
+			c.pools[svc] = slices.DeleteFunc(slices.Clone(c.pools[svc]), func(x netip.AddrPort) bool { return x == k.b })
+		}
+	}
+	return nil
 }
 
 // roleLeft reports whether m no longer has the role that svc needs.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	gocmp "github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 // fakeDatapath records pools and cuts as the loader would apply them: a
@@ -199,7 +200,7 @@ func TestUnknownNode(t *testing.T) {
 	}
 }
 
-var cmpAddr = gocmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
+var cmpAddr = gocmp.Options{gocmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.EquateEmpty()}
 
 // TestPinnedPools: a restarted daemon starts from the pools the datapath
 // kept. Status shows them until every node answered, nothing is written
@@ -245,5 +246,29 @@ func TestPinnedPools(t *testing.T) {
 	}
 	if diff := gocmp.Diff(addrs(pg2), fd.pools[RO], cmpAddr); diff != "" {
 		t.Errorf("ro pool (-want +got):\n%s", diff)
+	}
+}
+
+// TestCutWritesOnlyChangedPools: a replica going down is cut, and no pool
+// is written after it: the cut took it out of the datapath's read pool,
+// and the write pool did not change (a table write costs tens of ms in a
+// failover).
+func TestCutWritesOnlyChangedPools(t *testing.T) {
+	fd := &fakeDatapath{}
+	c := New(Config{}, []Node{pg1, pg2, pg3}, Options{Datapath: fd})
+	for _, o := range []Observation{{Node: "pg1", Timeline: 1}, {Node: "pg2", InRecovery: true, Timeline: 1}, {Node: "pg3", InRecovery: true, Timeline: 1}} {
+		if err := c.Observe(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fd.log = nil
+	for range 3 {
+		if err := c.Observe(Observation{Node: "pg3", Err: errors.New("connection refused")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"cut " + pg3.Addr.String()}
+	if diff := gocmp.Diff(want, fd.log); diff != "" {
+		t.Errorf("datapath calls (-want +got):\n%s", diff)
 	}
 }

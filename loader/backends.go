@@ -77,6 +77,7 @@ func (d *Datapath) readTables() ([]uint32, error) {
 func (d *Datapath) SetBackends(svc Service, backends []netip.AddrPort) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	known := len(d.ids)
 	set := make(map[netip.AddrPort]uint32, len(backends))
 	for _, b := range backends {
 		if !b.Addr().Is4() {
@@ -101,6 +102,9 @@ func (d *Datapath) SetBackends(svc Service, backends []netip.AddrPort) error {
 	}
 	slices.SortFunc(pool, func(a, b netip.AddrPort) int { return a.Compare(b) })
 	d.pools[svc] = pool
+	if len(d.ids) == known {
+		return nil // no new backend: its neighbours are managed already
+	}
 	return d.manageNeighbours()
 }
 
