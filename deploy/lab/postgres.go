@@ -88,12 +88,14 @@ type ServerTLS struct {
 //   - wal_retrieve_retry_interval 200ms: a replica whose stream broke
 //     retries after 200 ms, not 5 s; a promotion that lands in that sleep
 //     waits it out (DESIGN.md).
-//   - wal_receiver_timeout 1s: a replica notices a primary that vanished
-//     without closing the connection (a dead host, a cut link) in 1 s, not
-//     60 s, so it stops witnessing for it soon: xlb promotes only once the
-//     candidate lost the primary too, so this bounds a partition failover
-//     (5 s measured 5.1–5.3 s; the receiver pings at half the timeout, so
-//     a live primary never trips it).
+//   - wal_receiver_timeout 500ms: a replica notices a primary that
+//     vanished without closing the connection (a dead host, a cut link) in
+//     0.5 s, not 60 s, so it stops witnessing for it soon: xlb promotes
+//     only once the candidate lost the primary too, so this bounds a
+//     partition failover together with the probe rule (at 5 s a partition
+//     took 5.1–5.3 s, at 1 s 1.4–1.7 s; the receiver pings at half the
+//     timeout, so a live primary that answers within 250 ms never trips
+//     it).
 //   - wal_log_hints on: pg_rewind can bring a diverged old primary back as
 //     a replica (xlb pg rejoin); it refuses a cluster without hint-bit WAL
 //     or data checksums. Only a restart applies it, so it is set before the
@@ -111,7 +113,7 @@ var ReplicationSettings = map[string]string{
 	"hot_standby":                 "on",
 	"hot_standby_feedback":        "on",
 	"wal_retrieve_retry_interval": "200ms",
-	"wal_receiver_timeout":        "1s",
+	"wal_receiver_timeout":        "500ms",
 	"wal_log_hints":               "on",
 	"wal_keep_size":               "128MB",
 }
