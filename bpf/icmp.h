@@ -130,7 +130,7 @@ static __always_inline int icmp_to_vip(struct xdp_md *ctx, void *data_end, struc
 
 	if (!nh)
 		return drop(svc_slot(svc), reason);
-	count_fwd(svc, f->backend, ctx->data_end - ctx->data, 0);
+	count_fwd(svc, f->backend, ctx->data_end - ctx->data, 0, 0);
 	icmp_rewrite(eth, ip, e, cfg_snat_addr, be->addr, be->addr, be->port, cfg_snat_addr,
 		     f->snat_port, nh->smac, nh->dmac);
 	return send(ctx, nh->ifindex);
@@ -167,7 +167,7 @@ static __always_inline int icmp_to_snat(struct xdp_md *ctx, void *data_end, stru
 
 	if (!f || f->cookie != s->owner)
 		return XDP_PASS;
-	count_fwd(f->svc, *id, ctx->data_end - ctx->data, 0);
+	count_fwd(f->svc, *id, ctx->data_end - ctx->data, 0, 1);
 	icmp_rewrite(eth, ip, e, cfg_vip, fk.saddr, fk.saddr, fk.sport, cfg_vip, fk.dport, f->lmac,
 		     f->cmac);
 	return send(ctx, f->ifindex);

@@ -44,20 +44,24 @@ static __noinline void count_expired(__u32 svc, enum xlb_expiry why)
 }
 
 /* count_fwd counts a forwarded packet of len bytes for a service and a
- * backend, and a new flow when is_new: one lookup per slot. */
-static __always_inline void count_fwd(__u32 svc, __u32 backend, __u64 len, int is_new)
+ * backend, and a new flow when is_new: one lookup per slot. out: the
+ * packet goes to a client (it came from a backend). */
+static __always_inline void count_fwd(__u32 svc, __u32 backend, __u64 len, int is_new, int out)
 {
 	struct xlb_counters *c = counters(svc_slot(svc));
+	__u64 out_len = out ? len : 0;
 
 	if (c) {
 		c->packets++;
 		c->bytes += len;
+		c->bytes_out += out_len;
 		c->new_flows += is_new;
 	}
 	c = counters(backend_slot(backend));
 	if (c) {
 		c->packets++;
 		c->bytes += len;
+		c->bytes_out += out_len;
 		c->new_flows += is_new;
 	}
 }

@@ -61,6 +61,7 @@ enum xlb_stats_slot {
 struct xlb_counters {
 	__u64 packets;		/* packets forwarded (both directions) */
 	__u64 bytes;		/* their bytes, as received */
+	__u64 bytes_out;	/* of bytes, those going out to clients (from backends) */
 	__u64 new_flows;	/* flows created by a SYN */
 	__u64 rsts;		/* TCP RSTs built and sent */
 	__u64 drops[XLB_DROP__MAX];

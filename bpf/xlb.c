@@ -86,7 +86,7 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 	asm volatile("" ::: "memory");
 	e->key = *fk;
 
-	count_fwd(svc, id, ctx->data_end - ctx->data, 1);
+	count_fwd(svc, id, ctx->data_end - ctx->data, 1, 0);
 	rewrite(eth, ip, tcp, cfg_snat_addr, be->addr, port, be->port, nh->smac, nh->dmac);
 	return send(ctx, nh->ifindex);
 }
@@ -158,7 +158,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct eth_hdr *et
 
 	if (!nh)
 		return drop(svc_slot(svc), reason);
-	count_fwd(svc, id, ctx->data_end - ctx->data, 0);
+	count_fwd(svc, id, ctx->data_end - ctx->data, 0, 0);
 	rewrite(eth, ip, tcp, cfg_snat_addr, be->addr, f->snat_port, be->port, nh->smac, nh->dmac);
 	return send(ctx, nh->ifindex);
 }
@@ -280,7 +280,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, void *data_end, stru
 	if (flags & TCP_RST)
 		bits |= XLB_CT_RST;
 	ct_touch(s, bpf_ktime_get_coarse_ns(), bits);
-	count_fwd(svc, *id, ctx->data_end - ctx->data, 0);
+	count_fwd(svc, *id, ctx->data_end - ctx->data, 0, 1);
 	rewrite(eth, ip, tcp, cfg_vip, fk.saddr, fk.dport, fk.sport, f->lmac, f->cmac);
 	return send(ctx, f->ifindex);
 }

@@ -39,8 +39,11 @@ var ExpiryReasons = map[xlbXlbExpiry]string{
 
 // Counters are one slot's counters summed over CPUs.
 type Counters struct {
-	Packets  uint64            `json:"packets"`
-	Bytes    uint64            `json:"bytes"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"` // both directions, as received
+	// BytesOut is the part of Bytes going out to clients (from backends);
+	// Bytes - BytesOut came in from clients.
+	BytesOut uint64            `json:"bytes_out"`
 	NewFlows uint64            `json:"new_flows"`
 	RSTs     uint64            `json:"rsts"`
 	Drops    map[string]uint64 `json:"drops"` // by reason; only non-zero ones
@@ -61,6 +64,7 @@ func (c Counters) DropTotal() uint64 {
 func (c *Counters) add(o Counters) {
 	c.Packets += o.Packets
 	c.Bytes += o.Bytes
+	c.BytesOut += o.BytesOut
 	c.NewFlows += o.NewFlows
 	c.RSTs += o.RSTs
 	for k, v := range o.Drops {
@@ -132,6 +136,7 @@ func (d *Datapath) readSlot(slot uint32) (Counters, error) {
 	for _, p := range per {
 		c.Packets += p.Packets
 		c.Bytes += p.Bytes
+		c.BytesOut += p.BytesOut
 		c.NewFlows += p.NewFlows
 		c.RSTs += p.Rsts
 		for i, n := range p.Drops {

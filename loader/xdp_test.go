@@ -130,6 +130,14 @@ func TestForwardFlow(t *testing.T) {
 	if c := st.Backends[primary]; c.Packets != 3 || c.NewFlows != 1 {
 		t.Fatalf("primary counters %+v, want 3 packets and 1 new flow", c)
 	}
+	// Bytes as received, the reply's counted out (to the client).
+	in := uint64(len(synIn.build()) + len(clientPkt(40000, 3000, ack|psh, []byte("SELECT 1")).build()))
+	outBytes := uint64(len(reply.build()))
+	for name, c := range map[string]loader.Counters{"rw": st.Services[loader.RW], "primary": st.Backends[primary]} {
+		if c.Bytes != in+outBytes || c.BytesOut != outBytes {
+			t.Errorf("%s bytes %d, out %d; want %d, of them %d out", name, c.Bytes, c.BytesOut, in+outBytes, outBytes)
+		}
+	}
 }
 
 var cmpIgnoreIdle = cmp.Comparer(func(a, b loader.Flow) bool {

@@ -46,6 +46,7 @@ type xlbXlbCounters struct {
 	_        structs.HostLayout
 	Packets  uint64
 	Bytes    uint64
+	BytesOut uint64
 	NewFlows uint64
 	Rsts     uint64
 	Drops    [16]uint64

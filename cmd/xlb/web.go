@@ -163,7 +163,7 @@ func (d *daemon) port(s control.Service) uint16 {
 }
 
 func webCounters(c loader.Counters) web.Counters {
-	return web.Counters{Packets: c.Packets, Bytes: c.Bytes, NewFlows: c.NewFlows, RSTs: c.RSTs, Drops: c.Drops}
+	return web.Counters{Packets: c.Packets, Bytes: c.Bytes, BytesOut: c.BytesOut, NewFlows: c.NewFlows, RSTs: c.RSTs, Drops: c.Drops}
 }
 
 // recordObservation feeds the recorder one probe and the member's state

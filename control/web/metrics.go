@@ -28,7 +28,7 @@ var (
 	buildInfo = desc("xlb_build_info", "Always 1; the version label says which xlb runs.", "version")
 
 	svcPackets  = desc("xlb_service_packets_total", "Packets forwarded for a VIP service, both directions.", "service")
-	svcBytes    = desc("xlb_service_bytes_total", "Bytes forwarded for a VIP service, both directions, as received.", "service")
+	svcBytes    = desc("xlb_service_bytes_total", "Bytes forwarded for a VIP service, as received, by direction: in from clients, out to clients.", "service", "direction")
 	svcNewFlows = desc("xlb_service_new_flows_total", "Flows (client connections) opened to a VIP service.", "service")
 	svcActive   = desc("xlb_service_active_flows", "Flows to a VIP service that are open now.", "service")
 	svcRSTs     = desc("xlb_service_rsts_sent_total", "TCP resets the datapath sent to clients of a VIP service.", "service")
@@ -38,7 +38,7 @@ var (
 
 	beLabels   = []string{"member", "backend"}
 	bePackets  = desc("xlb_backend_packets_total", "Packets forwarded to and from a backend.", beLabels...)
-	beBytes    = desc("xlb_backend_bytes_total", "Bytes forwarded to and from a backend, as received.", beLabels...)
+	beBytes    = desc("xlb_backend_bytes_total", "Bytes forwarded to and from a backend, as received, by direction: in from clients, out to clients.", "member", "backend", "direction")
 	beNewFlows = desc("xlb_backend_new_flows_total", "Flows opened to a backend.", beLabels...)
 	beActive   = desc("xlb_backend_active_flows", "Flows to a backend that are open now.", beLabels...)
 	beRSTs     = desc("xlb_backend_rsts_sent_total", "TCP resets sent to clients of a backend's flows.", beLabels...)
@@ -114,7 +114,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 	for _, sv := range s.Services {
 		counter(svcPackets, sv.Packets, sv.Name)
-		counter(svcBytes, sv.Bytes, sv.Name)
+		counter(svcBytes, sv.BytesIn(), sv.Name, "in")
+		counter(svcBytes, sv.BytesOut, sv.Name, "out")
 		counter(svcNewFlows, sv.NewFlows, sv.Name)
 		counter(svcRSTs, sv.RSTs, sv.Name)
 		gauge(svcActive, float64(sv.Active), sv.Name)
@@ -130,7 +131,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	sync := map[string]bool{}
 	for _, m := range s.Members {
 		counter(bePackets, m.Packets, m.Name, m.Addr)
-		counter(beBytes, m.Bytes, m.Name, m.Addr)
+		counter(beBytes, m.BytesIn(), m.Name, m.Addr, "in")
+		counter(beBytes, m.BytesOut, m.Name, m.Addr, "out")
 		counter(beNewFlows, m.NewFlows, m.Name, m.Addr)
 		counter(beRSTs, m.RSTs, m.Name, m.Addr)
 		gauge(beActive, float64(m.Active), m.Name, m.Addr)

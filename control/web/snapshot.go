@@ -42,11 +42,15 @@ type Snapshot struct {
 }
 
 // Counters are datapath counters summed over CPUs. Packets and Bytes count
-// both directions of the flows.
+// both directions of the flows; BytesOut is the part of Bytes going out to
+// clients (from the backends).
 type Counters struct {
-	Packets, Bytes, NewFlows, RSTs uint64
-	Drops                          map[string]uint64 // by reason
+	Packets, Bytes, BytesOut, NewFlows, RSTs uint64
+	Drops                                    map[string]uint64 // by reason
 }
+
+// BytesIn returns the bytes that came in from clients (to the backends).
+func (c Counters) BytesIn() uint64 { return c.Bytes - min(c.BytesOut, c.Bytes) }
 
 // DropTotal returns the sum of Drops.
 func (c Counters) DropTotal() uint64 {

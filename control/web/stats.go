@@ -82,6 +82,7 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		}
 		d.Total.Packets += sv.Packets
 		d.Total.Bytes += sv.Bytes
+		d.Total.BytesOut += sv.BytesOut
 		d.Total.NewFlows += sv.NewFlows
 		d.Total.RSTs += sv.RSTs
 	}

@@ -35,7 +35,7 @@ func cluster() Snapshot {
 		Global: Counters{Drops: map[string]uint64{"fragment": 5}},
 		Members: []Member{
 			{Name: "pg1", Addr: "172.20.0.10:5432", Role: "primary", Health: "up", State: "up", Timeline: 2, Pools: []string{"rw"},
-				Active: 1, Counters: Counters{Packets: 100, Bytes: 9000, NewFlows: 4, RSTs: 1, Drops: map[string]uint64{"no_route": 1}}, LastCheck: t0.Add(-300 * time.Millisecond)},
+				Active: 1, Counters: Counters{Packets: 100, Bytes: 9000, BytesOut: 6000, NewFlows: 4, RSTs: 1, Drops: map[string]uint64{"no_route": 1}}, LastCheck: t0.Add(-300 * time.Millisecond)},
 			{Name: "pg2", Addr: "172.20.0.11:5432", Role: "replica", Health: "up", State: "up", Timeline: 2, Pools: []string{"ro"},
 				ReplayLag: 1500 * time.Millisecond, LagBytes: 8192, Synchronous: true, Active: 1,
 				Counters: Counters{Packets: 50, Bytes: 4000, NewFlows: 2}, LastCheck: t0.Add(-200 * time.Millisecond)},
@@ -139,6 +139,8 @@ func TestStatsPage(t *testing.T) {
 		`<span class="ok">master</span>`,
 		`owns it`,
 		`fragment`,
+		`<th>bytes in</th><th>bytes out</th>`,
+		`<td class="num">2.9 KiB</td><td class="num">5.9 KiB</td>`, // pg1's bytes in and out
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/stats lacks %q", want)
@@ -181,7 +183,8 @@ func TestMetricValues(t *testing.T) {
 		`xlb_member_replay_lag_seconds{member="pg2"} 1.5`,
 		`xlb_service_drops_total{reason="no_flow",service="rw"} 2`,
 		`xlb_global_drops_total{reason="fragment"} 5`,
-		`xlb_backend_bytes_total{backend="172.20.0.10:5432",member="pg1"} 9000`,
+		`xlb_backend_bytes_total{backend="172.20.0.10:5432",direction="in",member="pg1"} 3000`,
+		`xlb_backend_bytes_total{backend="172.20.0.10:5432",direction="out",member="pg1"} 6000`,
 		`xlb_failovers_total{outcome="success"} 1`,
 		`xlb_switchovers_total{outcome="failure"} 1`,
 		`xlb_last_outage_seconds 0.8`,
