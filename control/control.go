@@ -208,6 +208,9 @@ type Member struct {
 	fails, oks int
 	failSince  time.Time // first failure of the current streak
 	seenAt     time.Time // last good probe
+	// streamers are the members a primary last reported streaming from it
+	// (pg_stat_replication, matched by address).
+	streamers []string
 }
 
 // Controller turns observations into pools.
@@ -407,7 +410,7 @@ func (c *Controller) update(m *Member, o Observation) {
 		m.LastError = fmt.Sprintf("system identifier %d is not the cluster's (%d)", m.SystemID, c.sysid)
 	}
 	if role == RolePrimary && !m.Foreign {
-		c.learnStandbys(o.Standbys)
+		c.learnStandbys(m, o.Standbys)
 	}
 	if o.Timeline > c.latestTL && !m.Foreign {
 		c.latestTL = o.Timeline
@@ -473,11 +476,19 @@ func (c *Controller) checkIdentity() {
 }
 
 // learnStandbys records the application_name each replica streams under,
-// matched by its address. Called with c.mu held.
-func (c *Controller) learnStandbys(sbs []Standby) {
+// matched by its address, and which members stream from the primary p.
+// Called with c.mu held.
+func (c *Controller) learnStandbys(p *Member, sbs []Standby) {
+	p.streamers = p.streamers[:0]
 	for _, sb := range sbs {
 		for _, m := range c.members {
-			if m.Addr.Addr() != sb.Addr || m.AppName == sb.AppName {
+			if m.Addr.Addr() != sb.Addr {
+				continue
+			}
+			if !slices.Contains(p.streamers, m.Name) {
+				p.streamers = append(p.streamers, m.Name)
+			}
+			if m.AppName == sb.AppName {
 				continue
 			}
 			if sb.AppName != m.Name {

@@ -132,18 +132,21 @@ func (c *Controller) planFailover() *plan {
 		cands = append(cands, m)
 	}
 	if c.cfg.Synchronous {
+		// Every acknowledged commit is on a member of the synchronous
+		// set, so on the most advanced replica when all of them are
+		// among the candidates. The choice below is made among all
+		// candidates, not only the set: two LB hosts that both think
+		// they own the VIP, with different ideas of the set, then still
+		// pick the same node from the same final WAL positions.
 		if len(c.promoSet) == 0 {
 			return say("no replica is known to hold every acknowledged commit (synchronous mode)")
 		}
-		var in []*Member
 		for _, name := range c.promoSet {
 			m := c.member(name)
 			if m == nil || !slices.Contains(cands, m) {
 				return say("synchronous replica %s is not available: it may hold commits the others lack", name)
 			}
-			in = append(in, m)
 		}
-		cands = in
 	}
 	if len(cands) == 0 {
 		return say("no healthy replica to promote")
@@ -359,7 +362,12 @@ func (c *Controller) trackSync(m *Member) func() {
 		return nil
 	}
 	if !c.o.Owner() {
-		return nil // the owner keeps the synchronous set
+		// The owner keeps the synchronous set; this node did not write
+		// it and may have missed changes. Any replica streaming from the
+		// writer may be in it, so should this node have to promote, it
+		// needs them all (the owner's own set is a subset).
+		c.promoSet, c.pending, c.syncNames = slices.Clone(w.streamers), nil, nil
+		return nil
 	}
 	if p := c.pending; p != nil {
 		if m == w && p.lsn == 0 && m.seenAt.After(p.since) {

@@ -72,11 +72,12 @@ func (f *fakePromoter) StopWrites(ctx context.Context, p Node) (uint64, error) {
 type ev struct {
 	node  string
 	down  bool
-	rep   bool   // in recovery
-	tl    uint32 // default 1
-	lsn   uint64 // WALLSN for a primary, receive/replay for a replica
-	from  string // replica streams from this node ("" = not streaming)
-	owner *bool  // change VIP ownership before this event
+	rep   bool     // in recovery
+	tl    uint32   // default 1
+	lsn   uint64   // WALLSN for a primary, receive/replay for a replica
+	from  string   // replica streams from this node ("" = not streaming)
+	owner *bool    // change VIP ownership before this event
+	sbs   []string // primary: the members pg_stat_replication lists
 }
 
 func up(n string, lsn uint64) ev            { return ev{node: n, lsn: lsn} }
@@ -151,6 +152,9 @@ func (r *rig) run(t *testing.T, events []ev) {
 			}
 		} else {
 			o.WALLSN = e.lsn
+			for _, n := range e.sbs {
+				o.Standbys = append(o.Standbys, Standby{AppName: n, Addr: r.c.member(n).Addr.Addr()})
+			}
 		}
 		if err := r.c.Observe(o); err != nil {
 			t.Fatal(err)
@@ -324,6 +328,46 @@ func TestOwnerLostBeforePromote(t *testing.T) {
 	}
 	if st := r.c.Status(); len(st.Events) != 1 || !strings.Contains(st.Events[0].Err, "does not own the VIP") {
 		t.Fatalf("events %+v, want one failover refused for ownership", st.Events)
+	}
+}
+
+// TestBackupTakesOverInSyncMode: an LB host that was backup did not write
+// the synchronous set; it learns from the primary's pg_stat_replication
+// which replicas stream from it, and once it owns the VIP and the primary
+// is gone it promotes only with all of them reachable, choosing among all
+// candidates by WAL position (here pg3, ahead, although the primary
+// listed only pg2), as its peer would from the same positions.
+func TestBackupTakesOverInSyncMode(t *testing.T) {
+	owner := true
+	for _, tt := range []struct {
+		name   string
+		sbs    []string
+		lsn3   uint64
+		want   []string
+		reason string
+	}{
+		{name: "both streamed, equal positions: the first by name", sbs: []string{"pg2", "pg3"}, lsn3: 1000,
+			want: []string{"promote pg2", "follow pg3->pg2"}},
+		{name: "one streamed, the other ahead: the most advanced", sbs: []string{"pg2"}, lsn3: 1010,
+			want: []string{"promote pg3", "follow pg2->pg3"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(Config{Synchronous: true})
+			r.owner = false
+			r.run(t, evs(healthy, ev{node: "pg1", lsn: 1000, sbs: tt.sbs}, streams("pg2", "pg1", 1000),
+				rep3(down("pg1")), ev{owner: &owner}, lost("pg2", 1000), lost("pg3", tt.lsn3)))
+			if diff := gocmp.Diff(tt.want, r.actions()); diff != "" {
+				t.Fatalf("actions (-want +got):\n%s\nreason: %s", diff, r.c.Status().NoWriterReason)
+			}
+		})
+	}
+	// A replica that streamed from the primary is unreachable: refused.
+	r := newRig(Config{Synchronous: true})
+	r.owner = false
+	r.run(t, evs(healthy, ev{node: "pg1", lsn: 1000, sbs: []string{"pg2", "pg3"}}, streams("pg2", "pg1", 1000),
+		rep3(down("pg3")), rep3(down("pg1")), ev{owner: &owner}, lost("pg2", 1000)))
+	if acts := r.actions(); len(acts) != 0 || !strings.Contains(r.c.Status().NoWriterReason, "pg3 is not available") {
+		t.Fatalf("actions %v, reason %q: want none, pg3 named", acts, r.c.Status().NoWriterReason)
 	}
 }
 
