@@ -292,6 +292,7 @@ func TestReportFinish(t *testing.T) {
 			{runResult: runResult{TPS: 1}, Error: "pgbench failed", CPU: CPU{XDPRunTimeS: 0.01}},
 		}},
 		{Target: "haproxy", Kind: "haproxy", Mode: "-S", Reps: []Rep{rep(66, 1.5, 660, CPU{HAProxyS: 0.4, XDPRunTimeS: 1}), rep(55, 1.6, 550, CPU{HAProxyS: 0.4})}},
+		{Target: "hop", Kind: "hop", Mode: "-S", Reps: []Rep{rep(100, 1, 1000, CPU{}), rep(100, 1, 1000, CPU{})}},
 	}}
 	numberRounds(r.Rows)
 	r.finish()
@@ -306,6 +307,7 @@ func TestReportFinish(t *testing.T) {
 	// Paired: xlb 99/100 and 105/120 (round 3 failed), haproxy 66/100 and 55/120.
 	want := []Summary{{Mode: "-S", XLBVsDirect: 102.0 / 110, HAProxyVsDirect: 60.5 / 110,
 		XLBVsDirectPaired: (0.99 + 0.875) / 2, HAProxyVsDirectPaired: (0.66 + 55.0/120) / 2,
+		XLBVsHopPaired: (0.99 + 1.05) / 2,
 		CPURatio: 0.06 / 0.8, CPURatioPerTxn: (0.06 / 2040) / (0.8 / 1210)}}
 	if d := cmp.Diff(want, r.Summary, cmpopts.EquateApprox(0, 1e-9)); d != "" {
 		t.Errorf("summary (-want +got):\n%s", d)
@@ -315,7 +317,7 @@ func TestReportFinish(t *testing.T) {
 	}
 	var b bytes.Buffer
 	r.writeTable(&b)
-	for _, want := range []string{"0.93x", "err", "NOT met", "(met)"} {
+	for _, want := range []string{"0.93x", "err", "NOT met", "(met)", "plain routed hop through lb1 in the same round (median): 1.02x"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

@@ -155,8 +155,12 @@ func run(ctx context.Context, o options, stdout, log io.Writer) (err error) {
 	}
 
 	lb1 := l.Topology.Node("lb1").Addr.Addr()
+	if err := b.setupHop(); err != nil {
+		return err
+	}
 	targets := []target{
 		{"direct", "direct", b.pgAddr("pg1")},
+		{"lb1 routing (floor)", "hop", netip.AddrPortFrom(hopAddr, lab.PostgresPort)},
 		{fmt.Sprintf("xlb VIP:%d", lab.PortRW), "xlb", netip.AddrPortFrom(lab.VIP, lab.PortRW)},
 		{fmt.Sprintf("haproxy :%d", lab.PortRW), "haproxy", netip.AddrPortFrom(lb1, lab.PortRW)},
 	}
@@ -268,6 +272,40 @@ func (b *bench) initPgbench(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintf(b.log, "bench: initialised in %v\n", time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+// hopAddr is a second address of pg1 that the client reaches only
+// through lb1, routed by lb1's kernel both ways without balancing or NAT:
+// the floor of an in-path LB in this lab (the same veth and bridge hops as
+// the VIP's path, plus XDP's pass verdict on lb1).
+var hopAddr = netip.MustParseAddr("172.20.0.110")
+
+// setupHop puts hopAddr on pg1 and routes it through lb1: the client
+// routes it via lb1, lb1 via pg1, and pg1 answers from it via lb1 (a
+// source rule, so pg1's other traffic stays direct). lb1 sends no ICMP
+// redirects (one-arm routing would tell the client to go direct). Only
+// the bench lab's own namespaces change.
+func (b *bench) setupHop() error {
+	topo := b.l.Topology
+	pg1, lb1, client := topo.Node("pg1"), topo.Node("lb1"), topo.Node("client")
+	hop := hopAddr.String()
+	steps := []struct {
+		ns   *lab.Namespace
+		args []string
+	}{
+		{pg1.NS, []string{"ip", "addr", "add", hop + "/32", "dev", "lo"}},
+		{pg1.NS, []string{"ip", "rule", "add", "from", hop, "lookup", "110"}},
+		{pg1.NS, []string{"ip", "route", "add", "default", "via", lb1.Addr.Addr().String(), "dev", lab.HostIf, "table", "110"}},
+		{lb1.NS, []string{"sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf." + lab.HostIf + ".send_redirects=0"}},
+		{lb1.NS, []string{"ip", "route", "add", hop + "/32", "via", pg1.Addr.Addr().String(), "dev", lab.HostIf}},
+		{client.NS, []string{"ip", "route", "add", hop + "/32", "via", lb1.Addr.Addr().String(), "dev", lab.HostIf}},
+	}
+	for _, st := range steps {
+		if out, err := st.ns.Output(st.args[0], st.args[1:]...); err != nil {
+			return fmt.Errorf("routing %s through lb1: %s in %s: %w: %s", hop, strings.Join(st.args, " "), st.ns.Name, err, out)
+		}
+	}
 	return nil
 }
 
