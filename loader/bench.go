@@ -87,7 +87,16 @@ func (h *BenchHarness) Run(in []byte, ifindex uint32, repeat int) (uint32, time.
 		CtxSizeIn:  uint32(unsafe.Sizeof(ctx)),
 		CtxIn:      uint64(uintptr(unsafe.Pointer(&ctx[0]))),
 	}
-	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	// The kernel stops a run with EINTR when a signal is pending (the Go
+	// runtime's preemption signal, on a busy machine): run it again, a
+	// bounded number of times (the repeats done so far stay done).
+	var errno unix.Errno
+	for range 100 {
+		_, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+		if errno != unix.EINTR {
+			break
+		}
+	}
 	runtime.KeepAlive(in)
 	runtime.KeepAlive(&ctx)
 	if errno != 0 {
