@@ -80,7 +80,12 @@ func TestReload(t *testing.T) {
 	if !pg3.Match(orig) {
 		t.Fatalf("lb1's config has no pg3 entry:\n%s", orig)
 	}
-	without := pg3.ReplaceAllString(string(orig), "") + "probe:\n  fall: 2\n"
+	// A probe setting changes too: the lab's config has a probe section.
+	without := pg3.ReplaceAllString(string(orig), "")
+	if !strings.Contains(without, "  fall: 3\n") {
+		t.Fatalf("lb1's config has no probe fall to change:\n%s", orig)
+	}
+	without = strings.Replace(without, "  fall: 3\n", "  fall: 2\n", 1)
 	hup(without, `msg=reloaded `)
 	if !waitFor(5*time.Second, func() bool {
 		p, err := c.pools()

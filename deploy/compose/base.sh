@@ -15,8 +15,9 @@ set -euo pipefail
 SUITE=bookworm
 # postgresql-15: server, pgbench; postgresql-client-15: psql, pg_isready,
 # pg_basebackup; iproute2 for `ip`; procps for ps; socat for the publish
-# relay.
-PACKAGES=postgresql-15,postgresql-client-15,iproute2,procps,socat
+# relay; systemd for the test that runs deploy/xlb.service under systemd
+# as a container's PID 1.
+PACKAGES=postgresql-15,postgresql-client-15,iproute2,procps,socat,systemd
 
 here=$(cd "$(dirname "$0")" && pwd)
 hash=$(sha256sum "$here/base.sh" | cut -c1-12)
