@@ -307,8 +307,7 @@ func TestReportFinish(t *testing.T) {
 	// Paired: xlb 99/100 and 105/120 (round 3 failed), haproxy 66/100 and 55/120.
 	want := []Summary{{Mode: "-S", XLBVsDirect: 102.0 / 110, HAProxyVsDirect: 60.5 / 110,
 		XLBVsDirectPaired: (0.99 + 0.875) / 2, HAProxyVsDirectPaired: (0.66 + 55.0/120) / 2,
-		XLBVsHopPaired: (0.99 + 1.05) / 2,
-		CPURatio: 0.06 / 0.8, CPURatioPerTxn: (0.06 / 2040) / (0.8 / 1210)}}
+		XLBVsHopPaired: (0.99 + 1.05) / 2, CPURatio: 0.06 / 0.8, CPURatioPerTxn: (0.06 / 2040) / (0.8 / 1210)}}
 	if d := cmp.Diff(want, r.Summary, cmpopts.EquateApprox(0, 1e-9)); d != "" {
 		t.Errorf("summary (-want +got):\n%s", d)
 	}
