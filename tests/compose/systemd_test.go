@@ -70,6 +70,14 @@ RUN chmod 0600 /etc/xlb/pgpassword /etc/xlb/pgadminpassword && test -x /lib/syst
 	t.Cleanup(func() { l.run(time.Minute, "docker", "image", "rm", "-f", image) })
 
 	name := fmt.Sprintf("xlb-systemd-test-%d", os.Getpid())
+	// Removed also when `docker run` fails after creating it.
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := l.run(time.Minute, "docker", "exec", name, "journalctl", "-u", "xlb", "--no-pager", "-n", "40")
+			t.Logf("xlb's journal:\n%s", out)
+		}
+		l.run(time.Minute, "docker", "rm", "-f", name)
+	})
 	// Not --privileged: these machines lack CAP_SYS_RESOURCE, and runc
 	// fails to give a privileged container every capability ("unable to
 	// apply caps"). Every other capability, no seccomp or AppArmor filter
@@ -79,13 +87,6 @@ RUN chmod 0600 /etc/xlb/pgpassword /etc/xlb/pgadminpassword && test -x /lib/syst
 		"--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined", "--cgroupns", "private",
 		"--network", "none", "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
 		image, "/lib/systemd/systemd")
-	t.Cleanup(func() {
-		if t.Failed() {
-			out, _ := l.run(time.Minute, "docker", "exec", name, "journalctl", "-u", "xlb", "--no-pager", "-n", "40")
-			t.Logf("xlb's journal:\n%s", out)
-		}
-		l.run(time.Minute, "docker", "rm", "-f", name)
-	})
 	sh := func(script string) (string, error) {
 		return l.run(2*time.Minute, "docker", "exec", name, "sh", "-c", script)
 	}
