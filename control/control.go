@@ -361,6 +361,11 @@ func (c *Controller) update(m *Member, o Observation) {
 		}
 		m.fails++
 		switch {
+		case m.Health == HealthUnknown && len(m.Pools) > 0 && m.fails < c.cfg.Fall:
+			// In a pool the datapath kept across a restart: it worked
+			// until then, so it goes down by the rule like any up node
+			// (a slow first probe must not cut its flows).
+			slog.Info("probe failed", "node", m.Name, "fails", m.fails, "err", o.Err)
 		case m.Health == HealthUnknown:
 			// Nothing says it ever worked: not routable from the start.
 			m.Health = HealthDown

@@ -232,8 +232,10 @@ func TestPinnedPools(t *testing.T) {
 	if len(fd.log) != 0 || !slices.Equal(c.Pool(RO), fd.pools[RO]) {
 		t.Fatalf("written before every node answered: %v, controller's ro pool %v", fd.log, c.Pool(RO))
 	}
-	if err := c.Observe(Observation{Node: "pg3", Err: errors.New("connection refused")}); err != nil {
-		t.Fatal(err)
+	for range 3 { // pinned: down by the rule, like an up node
+		if err := c.Observe(Observation{Node: "pg3", Err: errors.New("connection refused")}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var cuts []string
 	for _, l := range fd.log {
@@ -270,5 +272,46 @@ func TestCutWritesOnlyChangedPools(t *testing.T) {
 	want := []string{"cut " + pg3.Addr.String()}
 	if diff := gocmp.Diff(want, fd.log); diff != "" {
 		t.Errorf("datapath calls (-want +got):\n%s", diff)
+	}
+}
+
+// TestPinnedNodeGoesDownByTheRule: after a restart, a node in the pinned
+// pools whose first probes fail (a slow machine) is not cut at once as a
+// node never seen would be: it goes down by the rule (fall failures in a
+// row), and one good probe before that keeps its flows.
+func TestPinnedNodeGoesDownByTheRule(t *testing.T) {
+	newPinned := func() (*Controller, *fakeDatapath) {
+		fd := &fakeDatapath{}
+		fd.pools[RW], fd.pools[RO] = addrs(pg1), addrs(pg2, pg3)
+		c := New(Config{}, []Node{pg1, pg2, pg3}, Options{Datapath: fd,
+			Pools: [2][]netip.AddrPort{RW: addrs(pg1), RO: addrs(pg2, pg3)}})
+		return c, fd
+	}
+	refused := Observation{Node: "pg1", Err: errors.New("failed SASL auth: timeout")}
+	replicas := []Observation{{Node: "pg2", InRecovery: true, Timeline: 1}, {Node: "pg3", InRecovery: true, Timeline: 1}}
+
+	c, fd := newPinned()
+	for _, o := range append(replicas, refused, refused, Observation{Node: "pg1", Timeline: 1}) {
+		if err := c.Observe(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range fd.log {
+		if strings.HasPrefix(l, "cut ") {
+			t.Fatalf("two failed first probes of the pinned writer cut it: %v", fd.log)
+		}
+	}
+	if diff := gocmp.Diff(addrs(pg1), fd.pools[RW], cmpAddr); diff != "" {
+		t.Errorf("rw pool (-want +got):\n%s", diff)
+	}
+
+	c, fd = newPinned()
+	for _, o := range append(replicas, refused, refused, refused) {
+		if err := c.Observe(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Contains(fd.log, "cut "+pg1.Addr.String()) {
+		t.Errorf("three failed probes of the pinned writer did not cut it: %v", fd.log)
 	}
 }
