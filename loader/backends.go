@@ -125,17 +125,9 @@ func (d *Datapath) RemoveBackend(b netip.AddrPort) ([]Flow, error) {
 	if err := d.objs.BackendMap.Put(id, &dead); err != nil {
 		return nil, fmt.Errorf("marking %v dead: %w", b, err)
 	}
-	for svc, pool := range d.pools {
-		if i := slices.Index(pool, b); i >= 0 {
-			pool = slices.Delete(slices.Clone(pool), i, i+1)
-			set := make(map[netip.AddrPort]uint32, len(pool))
-			for _, p := range pool {
-				set[p] = d.ids[p]
-			}
-			if err := d.writeTable(svc, maglevTable(set, maglevSize)); err != nil {
-				return nil, err
-			}
-			d.pools[svc] = pool
+	for svc := range d.pools {
+		if err := d.dropFromPool(svc, b); err != nil {
+			return nil, err
 		}
 	}
 	_, flows, err := d.flushWhere(func(f *xlbXlbFlow) bool { return f.Backend == id }, d.backendsByIDLocked())
@@ -151,6 +143,25 @@ func (d *Datapath) RemoveBackend(b netip.AddrPort) ([]Flow, error) {
 	delete(d.ids, b)
 	delete(d.cuts, b)
 	return flows, nil
+}
+
+// dropFromPool takes b out of svc's pool and rewrites its Maglev table
+// (nothing when b is not in it). d.mu is held.
+func (d *Datapath) dropFromPool(svc Service, b netip.AddrPort) error {
+	i := slices.Index(d.pools[svc], b)
+	if i < 0 {
+		return nil
+	}
+	pool := slices.Delete(slices.Clone(d.pools[svc]), i, i+1)
+	set := make(map[netip.AddrPort]uint32, len(pool))
+	for _, p := range pool {
+		set[p] = d.ids[p]
+	}
+	if err := d.writeTable(svc, maglevTable(set, maglevSize)); err != nil {
+		return err
+	}
+	d.pools[svc] = pool
+	return nil
 }
 
 // markCut sets b's cut bit of svc in backend_map. d.mu is held.
@@ -193,16 +204,8 @@ func (d *Datapath) CutService(svc Service, b netip.AddrPort) ([]Flow, error) {
 	if err := d.markCut(svc, b, id); err != nil {
 		return nil, err
 	}
-	if i := slices.Index(d.pools[svc], b); i >= 0 {
-		pool := slices.Delete(slices.Clone(d.pools[svc]), i, i+1)
-		set := make(map[netip.AddrPort]uint32, len(pool))
-		for _, p := range pool {
-			set[p] = d.ids[p]
-		}
-		if err := d.writeTable(svc, maglevTable(set, maglevSize)); err != nil {
-			return nil, err
-		}
-		d.pools[svc] = pool
+	if err := d.dropFromPool(svc, b); err != nil {
+		return nil, err
 	}
 	_, flows, err := d.flushWhere(func(f *xlbXlbFlow) bool {
 		return f.Backend == id && Service(f.Svc) == svc
