@@ -26,5 +26,7 @@ volatile const __u64 cfg_idle_timeout_ns = 24ULL * 3600 * 1000000000ULL;
 
 /* Non-zero: the VIP is owned only while lease_map holds a live lease. */
 volatile const __u8 cfg_lease = 0;
+/* flow_map's size minus one (its size is a power of two the loader sets). */
+volatile const __u32 cfg_flow_mask = (1 << 18) - 1;
 
 #endif /* XLB_CONFIG_H */

@@ -12,8 +12,10 @@
 #include <bpf/bpf_helpers.h>
 #include "structs.h"
 
-/* MAX_FLOWS is the size of the forward conntrack table (one entry a
- * flow); keep it well above the flows expected, as in any hash table. */
+/* MAX_FLOWS is the default size of the forward conntrack table (one entry
+ * a flow); the loader sets the real one (conntrack.max_flows, a power of
+ * two, with cfg_flow_mask). Keep it well above the flows expected, as in
+ * any hash table. */
 #ifndef MAX_FLOWS
 #define MAX_FLOWS (1 << 18)
 #endif
@@ -64,6 +66,8 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct xlb_snat);
+	/* Read through mmap too: a walk reads one slot per live flow. */
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } snat_map SEC(".maps");
 

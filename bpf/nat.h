@@ -103,7 +103,7 @@ static __always_inline int key_eq(const struct xlb_flow_key *a, const struct xlb
 static __always_inline struct xlb_flow *flow_find(const struct xlb_flow_key *k, __u32 h)
 {
 	for (__u32 i = 0; i < FLOW_PROBES; i++) {
-		__u32 idx = (h + i) & (MAX_FLOWS - 1);
+		__u32 idx = (h + i) & cfg_flow_mask;
 		struct xlb_flow *e = bpf_map_lookup_elem(&flow_map, &idx);
 
 		if (!e)
@@ -143,7 +143,7 @@ static __always_inline void flow_kill(struct xlb_flow *e, __u64 cookie)
 static __always_inline struct xlb_flow *flow_insert(__u32 h, __u64 cookie, __u64 now)
 {
 	for (__u32 i = 0; i < FLOW_PROBES; i++) {
-		__u32 idx = (h + i) & (MAX_FLOWS - 1);
+		__u32 idx = (h + i) & cfg_flow_mask;
 		struct xlb_flow *e = bpf_map_lookup_elem(&flow_map, &idx);
 
 		if (!e)

@@ -137,3 +137,115 @@ func BenchmarkFlowsWalk(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDatapathMillionFlows fills conntrack with over a million
+// concurrent flows (63 backends, a 32768-port SNAT range, a table of 2^21
+// entries) and reports, at that fill: an established packet's and a new
+// flow's ns (through the harness), a pool change and the removal of a
+// backend (a walk of the whole table) in ms, and the maps' memory per flow.
+// One SNAT address gives each backend at most the range's ports, so a
+// million flows need many backends (or more SNAT addresses).
+func BenchmarkDatapathMillionFlows(b *testing.B) {
+	const fill = 1 << 20
+	ports := loader.PortRange{Min: 20000, Max: 20000 + 32767}
+	fx := newFixtureWith(b, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true,
+		MaxFlows: 1 << 21, HalfOpenTimeout: time.Hour})
+	// 63 backends on a second on-link subnet, with permanent neighbours.
+	script := "ip addr add 172.20.1.254/24 dev lb0 && for i in $(seq 1 63); do " +
+		"ip neigh replace 172.20.1.$i lladdr 02:00:00:01:00:$(printf %02x $i) dev lb0 nud permanent || exit 1; done"
+	if err := fx.ns.Run("sh", "-c", script); err != nil {
+		b.Fatal(err)
+	}
+	var backends []netip.AddrPort
+	for i := 1; i <= 63; i++ {
+		backends = append(backends, ap(netip.AddrFrom4([4]byte{172, 20, 1, byte(i)}), 5432))
+	}
+	if err := fx.dp.SetBackends(loader.RW, backends); err != nil {
+		b.Fatal(err)
+	}
+	h, err := loader.NewBenchHarness()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { h.Close() })
+	run := func(in []byte, n int) time.Duration {
+		b.Helper()
+		var per time.Duration
+		err := fx.ns.Do(func() error {
+			var err error
+			_, per, err = h.Run(in, fx.ifindex, n)
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return per
+	}
+
+	// The established packet's flow, then the fill: distinct tuples from
+	// the harness, in chunks.
+	payload := []byte("0123456789abcdefghij")
+	est := clientPkt(50000, 3000, ack|psh, payload)
+	est.src = netip.MustParseAddr("10.1.1.1")
+	syn0 := clientPkt(50000, 3000, syn, nil)
+	syn0.src = est.src
+	if v, _ := fx.run(b, syn0.build()); v != xdpTX {
+		b.Fatalf("the established flow's SYN: verdict %s", verdictName[v])
+	}
+	synPkt := clientPkt(1, 3000, syn, nil)
+	synPkt.tcpOpts = []byte{2, 4, 5, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7, 1, 1, 1, 1, 1, 1, 1, 1}
+	if err := h.Set(fx.dp.Program(), synPkt.build(), true); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	for done := 0; done < fill; done += 1 << 16 {
+		run(synPkt.build(), 1<<16)
+	}
+	fillTook := time.Since(start)
+	u, err := fx.dp.Usage()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if u.Flows < fill*99/100 {
+		b.Fatalf("%d flows after %d SYNs, want at least 99%%", u.Flows, fill)
+	}
+
+	// At that fill: established packets (b.N of them, timed by the kernel).
+	if err := h.Set(fx.dp.Program(), est.build(), false); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	estNs := run(est.build(), b.N)
+	b.StopTimer()
+
+	// New flows at that fill (the range still has free ports).
+	more := synPkt
+	more.src = netip.MustParseAddr("10.2.0.1")
+	if err := h.Set(fx.dp.Program(), more.build(), true); err != nil {
+		b.Fatal(err)
+	}
+	synNs := run(more.build(), 1<<14)
+
+	// A pool change, and the removal of a backend with its flows.
+	t0 := time.Now()
+	if err := fx.dp.SetBackends(loader.RW, backends[:62]); err != nil {
+		b.Fatal(err)
+	}
+	setPool := time.Since(t0)
+	t0 = time.Now()
+	cut, err := fx.dp.RemoveBackend(backends[62])
+	if err != nil {
+		b.Fatal(err)
+	}
+	remove := time.Since(t0)
+	flowBytes, snatBytes := fx.dp.MapBytes()
+
+	b.ReportMetric(float64(estNs.Nanoseconds()), "est-ns/pkt")
+	b.ReportMetric(float64(synNs.Nanoseconds()), "syn-ns/pkt")
+	b.ReportMetric(float64(u.Flows), "flows")
+	b.ReportMetric(float64(setPool.Microseconds())/1000, "setpool-ms")
+	b.ReportMetric(float64(remove.Microseconds())/1000, "remove-ms")
+	b.ReportMetric(float64(flowBytes+snatBytes)/float64(u.Flows), "map-B/flow")
+	b.Logf("%d flows (filled in %v), %d cut with one backend; flow_map %d MiB + snat_map %d MiB",
+		u.Flows, fillTook.Round(time.Millisecond), len(cut), flowBytes>>20, snatBytes>>20)
+}

@@ -53,13 +53,42 @@ func (d *Datapath) table() ([]xlbXlbFlow, error) {
 
 // flowMemory returns flow_map's memory mapping, made at first use.
 func (d *Datapath) flowMemory() (*ebpf.Memory, error) {
-	d.memOnce.Do(func() {
-		d.flowMem, d.flowMemErr = d.objs.FlowMap.Memory()
-	})
+	d.memOnce.Do(d.mapMemory)
 	if d.flowMemErr != nil {
 		return nil, fmt.Errorf("mapping flow_map: %w", d.flowMemErr)
 	}
 	return d.flowMem, nil
+}
+
+// mapMemory maps flow_map and snat_map (once).
+func (d *Datapath) mapMemory() {
+	d.flowMem, d.flowMemErr = d.objs.FlowMap.Memory()
+	d.snatMem, d.snatMemErr = d.objs.SnatMap.Memory()
+}
+
+// snatSlot reads SNAT slot i through snat_map's memory mapping (no
+// syscall: a walk reads one slot per live flow, a million at full scale).
+func (d *Datapath) snatSlot(i uint32, s *xlbXlbSnat) error {
+	d.memOnce.Do(d.mapMemory)
+	if d.snatMemErr != nil {
+		return fmt.Errorf("mapping snat_map: %w", d.snatMemErr)
+	}
+	size := int(unsafe.Sizeof(*s))
+	if size != int(d.objs.SnatMap.ValueSize()) || i >= d.objs.SnatMap.MaxEntries() {
+		return fmt.Errorf("reading snat slot %d: out of snat_map (%d %d-byte slots)", i, d.objs.SnatMap.MaxEntries(), d.objs.SnatMap.ValueSize())
+	}
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(s)), size)
+	if _, err := d.snatMem.ReadAt(buf, int64(i)*int64(size)); err != nil {
+		return fmt.Errorf("reading snat slot %d: %w", i, err)
+	}
+	return nil
+}
+
+// MapBytes returns the bytes of the flow table (flow_map) and of the SNAT
+// slots (snat_map): the memory conntrack takes whatever the flows.
+func (d *Datapath) MapBytes() (flows, snat uint64) {
+	return uint64(d.objs.FlowMap.MaxEntries()) * uint64(d.objs.FlowMap.ValueSize()),
+		uint64(d.objs.SnatMap.MaxEntries()) * uint64(d.objs.SnatMap.ValueSize())
 }
 
 // slotOf returns the snat_map index a live cookie names.
@@ -67,7 +96,11 @@ func slotOf(c xlbXlbFlowCookie) uint32 { return uint32(c >> 32) }
 
 // entries lists the forward entries that still own their SNAT slot (an
 // entry whose slot went to another flow is dead and skipped).
-func (d *Datapath) entries() ([]flowEntry, error) {
+func (d *Datapath) entries() ([]flowEntry, error) { return d.entriesWhere(nil) }
+
+// entriesWhere is entries restricted to the entries match picks (nil: all);
+// match sees the forward entry before its slot is read.
+func (d *Datapath) entriesWhere(match func(*xlbXlbFlow) bool) ([]flowEntry, error) {
 	tab, err := d.table()
 	if err != nil {
 		return nil, err
@@ -78,9 +111,12 @@ func (d *Datapath) entries() ([]flowEntry, error) {
 		if f.Cookie == xlbXlbFlowCookieXLB_FLOW_EMPTY || f.Cookie == xlbXlbFlowCookieXLB_FLOW_DELETED {
 			continue
 		}
+		if match != nil && !match(f) {
+			continue
+		}
 		var s xlbXlbSnat
-		if err := d.objs.SnatMap.Lookup(slotOf(f.Cookie), &s); err != nil {
-			return nil, fmt.Errorf("reading snat slot %d: %w", slotOf(f.Cookie), err)
+		if err := d.snatSlot(slotOf(f.Cookie), &s); err != nil {
+			return nil, err
 		}
 		if s.Owner != uint64(f.Cookie) || s.ClientAddr != f.Key.Saddr || s.ClientPort != f.Key.Sport {
 			continue
@@ -172,7 +208,7 @@ func (d *Datapath) FlushFlows() (int, error) {
 // and is then counted as flushed although XDP took it first.
 // byID names the backends (see backendsByID).
 func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool, byID map[uint32]netip.AddrPort) (int, []Flow, error) {
-	ents, err := d.entries()
+	ents, err := d.entriesWhere(match)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -180,9 +216,6 @@ func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool, byID map[uint32]neti
 	var flows []Flow
 	for i := range ents {
 		e := &ents[i]
-		if !match(&e.flow) {
-			continue
-		}
 		if err := d.objs.SnatMap.Put(slotOf(e.flow.Cookie), &xlbXlbSnat{}); err != nil {
 			return len(flows), flows, fmt.Errorf("freeing snat slot %d: %w", slotOf(e.flow.Cookie), err)
 		}

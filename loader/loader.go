@@ -91,7 +91,19 @@ type Config struct {
 	// (RenewLease): while it lapses, XDP drops ARP for the VIP and new flows.
 	// Off, the node always owns the VIP (one LB, no election).
 	Lease bool
+	// MaxFlows is the size of the flow table (entries, 48 bytes each): a
+	// power of two from MinMaxFlows to MaxMaxFlows, default
+	// DefaultMaxFlows. Keep it about twice the flows expected: a lookup
+	// probes 16 entries from a tuple's hash.
+	MaxFlows uint32
 }
+
+// Bounds of Config.MaxFlows.
+const (
+	MinMaxFlows     = 1 << 10
+	DefaultMaxFlows = 1 << 18
+	MaxMaxFlows     = 1 << 24
+)
 
 func (c *Config) setDefaults() {
 	if c.PortRW == 0 {
@@ -112,6 +124,9 @@ func (c *Config) setDefaults() {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 24 * time.Hour
 	}
+	if c.MaxFlows == 0 {
+		c.MaxFlows = DefaultMaxFlows
+	}
 }
 
 func (c *Config) validate() error {
@@ -130,8 +145,14 @@ func (c *Config) validate() error {
 	if c.SNATPorts.Min == 0 || c.SNATPorts.Min > c.SNATPorts.Max {
 		return fmt.Errorf("snat ports %d-%d: not a range", c.SNATPorts.Min, c.SNATPorts.Max)
 	}
+	if c.MaxFlows < MinMaxFlows || c.MaxFlows > MaxMaxFlows || c.MaxFlows&(c.MaxFlows-1) != 0 {
+		return fmt.Errorf("max flows %d: %w", c.MaxFlows, ErrMaxFlows)
+	}
 	return nil
 }
+
+// ErrMaxFlows means Config.MaxFlows is not a power of two within bounds.
+var ErrMaxFlows = fmt.Errorf("want a power of two from %d to %d", MinMaxFlows, MaxMaxFlows)
 
 // Datapath is the loaded XDP program and its maps.
 type Datapath struct {
@@ -150,6 +171,8 @@ type Datapath struct {
 	memOnce    sync.Once
 	flowMem    *ebpf.Memory // flow_map's memory mapping (flowMemory)
 	flowMemErr error
+	snatMem    *ebpf.Memory // snat_map's (snatSlot)
+	snatMemErr error
 }
 
 // Load loads the datapath with cfg. With cfg.PinPath it mounts bpffs when
@@ -183,12 +206,14 @@ func Load(cfg Config) (*Datapath, error) {
 		{xlbVarCfgHalfOpenTimeoutNs, uint64(cfg.HalfOpenTimeout.Nanoseconds())},
 		{xlbVarCfgIdleTimeoutNs, uint64(cfg.IdleTimeout.Nanoseconds())},
 		{xlbVarCfgLease, boolByte(cfg.Lease)},
+		{xlbVarCfgFlowMask, cfg.MaxFlows - 1},
 	}
 	for _, v := range vars {
 		if err := spec.Variables[v.name].Set(v.val); err != nil {
 			return nil, fmt.Errorf("setting %s: %w", v.name, err)
 		}
 	}
+	spec.Maps["flow_map"].MaxEntries = cfg.MaxFlows
 	// One SNAT slot per backend id and port.
 	snat := spec.Maps["snat_map"]
 	snat.MaxEntries = spec.Maps["backend_map"].MaxEntries * (uint32(cfg.SNATPorts.Max) - uint32(cfg.SNATPorts.Min) + 1)

@@ -187,6 +187,7 @@ const (
 	xlbMapSvcMap               = "svc_map"
 	xlbProgXlbXdp              = "xlb_xdp"
 	xlbVarCfgClosedTimeoutNs   = "cfg_closed_timeout_ns"
+	xlbVarCfgFlowMask          = "cfg_flow_mask"
 	xlbVarCfgHalfOpenTimeoutNs = "cfg_half_open_timeout_ns"
 	xlbVarCfgIdleTimeoutNs     = "cfg_idle_timeout_ns"
 	xlbVarCfgLease             = "cfg_lease"
@@ -265,6 +266,7 @@ type xlbMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type xlbVariableSpecs struct {
 	CfgClosedTimeoutNs   *ebpf.VariableSpec `ebpf:"cfg_closed_timeout_ns"`
+	CfgFlowMask          *ebpf.VariableSpec `ebpf:"cfg_flow_mask"`
 	CfgHalfOpenTimeoutNs *ebpf.VariableSpec `ebpf:"cfg_half_open_timeout_ns"`
 	CfgIdleTimeoutNs     *ebpf.VariableSpec `ebpf:"cfg_idle_timeout_ns"`
 	CfgLease             *ebpf.VariableSpec `ebpf:"cfg_lease"`
@@ -330,6 +332,7 @@ func (m *xlbMaps) Close() error {
 // It can be passed to loadXlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xlbVariables struct {
 	CfgClosedTimeoutNs   *ebpf.Variable `ebpf:"cfg_closed_timeout_ns"`
+	CfgFlowMask          *ebpf.Variable `ebpf:"cfg_flow_mask"`
 	CfgHalfOpenTimeoutNs *ebpf.Variable `ebpf:"cfg_half_open_timeout_ns"`
 	CfgIdleTimeoutNs     *ebpf.Variable `ebpf:"cfg_idle_timeout_ns"`
 	CfgLease             *ebpf.Variable `ebpf:"cfg_lease"`

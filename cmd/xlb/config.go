@@ -59,11 +59,14 @@ type PortsConfig struct {
 	RO uint16 `yaml:"ro"`
 }
 
-// ConntrackConfig holds the flow timeouts.
+// ConntrackConfig holds the flow timeouts and the flow table's size.
 type ConntrackConfig struct {
 	HalfOpenTimeout Duration `yaml:"half_open_timeout"`
 	ClosedTimeout   Duration `yaml:"closed_timeout"`
 	IdleTimeout     Duration `yaml:"idle_timeout"`
+	// MaxFlows is the flow table's size in entries (a power of two;
+	// 48 bytes each); default 262144.
+	MaxFlows uint32 `yaml:"max_flows"`
 }
 
 // AllowConfig lists, per service, the client prefixes that may open flows
@@ -203,6 +206,9 @@ func (c *Config) setDefaults() {
 	if c.Conntrack.IdleTimeout == 0 {
 		c.Conntrack.IdleTimeout = Duration(24 * time.Hour)
 	}
+	if c.Conntrack.MaxFlows == 0 {
+		c.Conntrack.MaxFlows = loader.DefaultMaxFlows
+	}
 	if c.Socket == "" {
 		c.Socket = defaultSocket
 	}
@@ -284,6 +290,9 @@ func (c *Config) validate() error {
 	}
 	if d := time.Duration(c.Conntrack.IdleTimeout); d < time.Minute {
 		return fieldErr("conntrack.idle_timeout", "%v: want at least 1m", d)
+	}
+	if n := c.Conntrack.MaxFlows; n < loader.MinMaxFlows || n > loader.MaxMaxFlows || n&(n-1) != 0 {
+		return fieldErr("conntrack.max_flows", "%d: want a power of two from %d to %d", n, loader.MinMaxFlows, loader.MaxMaxFlows)
 	}
 	if c.allowRW, err = parsePrefixes("allow_sources.rw", c.AllowSources.RW); err != nil {
 		return err

@@ -83,6 +83,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"snat not a range", "interface: eth0", "interface: eth0\nsnat_ports: lots", "snat_ports"},
 		{"half-open timeout too long", "interface: eth0", "interface: eth0\nconntrack:\n  half_open_timeout: 5m", "conntrack.half_open_timeout"},
 		{"idle timeout too short", "interface: eth0", "interface: eth0\nconntrack:\n  idle_timeout: 5s", "conntrack.idle_timeout"},
+		{"max flows not a power of two", "interface: eth0", "interface: eth0\nconntrack:\n  max_flows: 300000", "conntrack.max_flows"},
+		{"max flows too small", "interface: eth0", "interface: eth0\nconntrack:\n  max_flows: 512", "conntrack.max_flows"},
 		{"allow source not a cidr", "interface: eth0", "interface: eth0\nallow_sources:\n  rw: [10.0.0.0/8, nope]", "allow_sources.rw[1]"},
 		{"allow source with host bits", "interface: eth0", "interface: eth0\nallow_sources:\n  ro: [10.1.2.3/8]", "allow_sources.ro[0]"},
 		{"allow source ipv6", "interface: eth0", "interface: eth0\nallow_sources:\n  ro: [\"::/0\"]", "allow_sources.ro[0]"},

@@ -112,6 +112,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		HalfOpenTimeout: time.Duration(cfg.Conntrack.HalfOpenTimeout),
 		ClosedTimeout:   time.Duration(cfg.Conntrack.ClosedTimeout),
 		IdleTimeout:     time.Duration(cfg.Conntrack.IdleTimeout),
+		MaxFlows:        cfg.Conntrack.MaxFlows,
 	})
 	if errors.Is(err, loader.ErrSNATOverlap) {
 		return &ConfigError{Field: "snat_ports", Err: err}
