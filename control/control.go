@@ -701,7 +701,7 @@ func (c *Controller) apply() error {
 	// Cuts that failed before are tried again until they work: a client
 	// of a node that left must not keep its flow.
 	for _, k := range slices.Clone(c.cutRetry) {
-		if err := c.cut(k); err != nil {
+		if err := c.makeCut(k); err != nil {
 			errs = append(errs, fmt.Errorf("cutting %v again: %w", k, err))
 			continue
 		}
@@ -728,7 +728,7 @@ func (c *Controller) apply() error {
 			k := cut{b: b, svc: svc, all: !slices.Contains(d.pools[other], b)}
 			done[b] = k.all
 			slog.Info("cutting flows", "backend", b, "service", svc, "all", k.all)
-			if err := c.cut(k); err != nil {
+			if err := c.makeCut(k); err != nil {
 				errs = append(errs, fmt.Errorf("cutting %v: %w", k, err))
 				if !slices.Contains(c.cutRetry, k) {
 					c.cutRetry = append(c.cutRetry, k)
@@ -759,9 +759,9 @@ func (c *Controller) apply() error {
 	return err
 }
 
-// cut makes the cut k and, when it worked, takes k's backend out of the
-// pools it left in the datapath (all of them, or k.svc's).
-func (c *Controller) cut(k cut) error {
+// makeCut makes the cut k and, when it worked, takes k's backend out of
+// the pools it left in the datapath (all of them, or k.svc's).
+func (c *Controller) makeCut(k cut) error {
 	var err error
 	if k.all {
 		err = c.dp.Cut(k.b)

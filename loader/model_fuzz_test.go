@@ -3,7 +3,6 @@ package loader_test
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"net/netip"
 	"slices"
 	"sync/atomic"
@@ -299,5 +298,3 @@ func (m *flowModel) backend(t *testing.T, fx *fixture, sel byte, p pkt) {
 		}
 	}
 }
-
-var _ = fmt.Sprint

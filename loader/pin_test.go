@@ -24,18 +24,7 @@ func TestPinnedRestart(t *testing.T) {
 	primary := ap(pg1, 5432)
 	replicas := []netip.AddrPort{ap(pg2, 5432), ap(pg3, 5432)}
 
-	load := func() *loader.Datapath {
-		t.Helper()
-		dp, err := loader.Load(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { dp.Close() })
-		if err := f.ns.Do(func() error { _, err := dp.Attach("lb0", loader.ModeGeneric); return err }); err != nil {
-			t.Fatal(err)
-		}
-		return dp
-	}
+	load := func() *loader.Datapath { return loadAttached(t, f, cfg) }
 	dp := load()
 	if err := dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
 		t.Fatal(err)
@@ -153,18 +142,7 @@ func TestPinSeveredLink(t *testing.T) {
 	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("xlb-test-%d-severed", os.Getpid()))
 	t.Cleanup(func() { os.RemoveAll(pin) })
 	cfg := loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: snatPorts, PinPath: pin, SkipPortCheck: true}
-	load := func() *loader.Datapath {
-		t.Helper()
-		dp, err := loader.Load(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { dp.Close() })
-		if err := f.ns.Do(func() error { _, err := dp.Attach("lb0", loader.ModeGeneric); return err }); err != nil {
-			t.Fatal(err)
-		}
-		return dp
-	}
+	load := func() *loader.Datapath { return loadAttached(t, f, cfg) }
 	dp := load()
 	if err := dp.SetBackends(loader.RW, []netip.AddrPort{ap(pg1, 5432)}); err != nil {
 		t.Fatal(err)
@@ -210,4 +188,19 @@ func TestPinSeveredLink(t *testing.T) {
 	// The flow leaves by the new interface (XDP_TX), not by a redirect to
 	// the index of the one that is gone.
 	forward(t, f, clientPkt(43001, 3000, ack, []byte("x")))
+}
+
+// loadAttached loads a datapath from cfg and attaches it to f's lb0
+// (generic), closed in cleanup: a daemon's start, for restart tests.
+func loadAttached(t *testing.T, f *fixture, cfg loader.Config) *loader.Datapath {
+	t.Helper()
+	dp, err := loader.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	if err := f.ns.Do(func() error { _, err := dp.Attach("lb0", loader.ModeGeneric); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return dp
 }

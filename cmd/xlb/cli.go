@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"slices"
 	"strings"
@@ -197,27 +198,19 @@ func printStatus(w io.Writer, v StatusView) {
 	}
 	fmt.Fprintf(tw, "total\t%d\t%s\t%d\t%d\t%d\n", v.Total.Packets, web.HumanBytes(v.Total.Bytes), v.Total.NewFlows, v.Total.RSTs, v.Total.DropTotal())
 	tw.Flush()
-	if len(v.Total.Drops) > 0 {
-		fmt.Fprintln(w, "\ndrops by reason:")
-		reasons := make([]string, 0, len(v.Total.Drops))
-		for r := range v.Total.Drops {
-			reasons = append(reasons, r)
-		}
-		slices.Sort(reasons)
-		for _, r := range reasons {
-			fmt.Fprintf(w, "  %-16s %d\n", r, v.Total.Drops[r])
-		}
+	printByReason(w, "drops by reason:", v.Total.Drops)
+	printByReason(w, "SNAT ports taken back:", v.Total.Expired)
+}
+
+// printByReason prints counts by reason under title, sorted by reason;
+// nothing when there are none.
+func printByReason(w io.Writer, title string, counts map[string]uint64) {
+	if len(counts) == 0 {
+		return
 	}
-	if len(v.Total.Expired) > 0 {
-		fmt.Fprintln(w, "\nSNAT ports taken back:")
-		reasons := make([]string, 0, len(v.Total.Expired))
-		for r := range v.Total.Expired {
-			reasons = append(reasons, r)
-		}
-		slices.Sort(reasons)
-		for _, r := range reasons {
-			fmt.Fprintf(w, "  %-16s %d\n", r, v.Total.Expired[r])
-		}
+	fmt.Fprintln(w, "\n"+title)
+	for _, r := range slices.Sorted(maps.Keys(counts)) {
+		fmt.Fprintf(w, "  %-16s %d\n", r, counts[r])
 	}
 }
 
