@@ -51,10 +51,11 @@ static __always_inline int source_allowed(__u32 svc, __be32 saddr)
 /* maglev_pick returns the backend id for a flow hash, 0 when none. */
 static __always_inline __u32 maglev_pick(__u32 svc, __u32 hash)
 {
-	__u32 slot = svc * MAGLEV_SIZE + hash % MAGLEV_SIZE;
-	__u32 *id = bpf_map_lookup_elem(&maglev_map, &slot);
+	__u32 slot = hash % MAGLEV_SIZE;
+	__u32 elem = svc * MAGLEV_CHUNKS + slot / XLB_MAGLEV_PER_CHUNK;
+	struct xlb_maglev_chunk *c = bpf_map_lookup_elem(&maglev_map, &elem);
 
-	return id ? *id : 0;
+	return c ? c->id[slot % XLB_MAGLEV_PER_CHUNK] : 0;
 }
 
 /* backend_alive returns backend id when it exists and is alive, else NULL. */

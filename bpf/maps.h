@@ -31,6 +31,11 @@
 #define MAGLEV_SIZE 65537
 #endif
 
+/* MAGLEV_CHUNKS is the maglev_map elements of one service's table. */
+#define MAGLEV_CHUNKS ((MAGLEV_SIZE + XLB_MAGLEV_PER_CHUNK - 1) / XLB_MAGLEV_PER_CHUNK)
+
+_Static_assert(MAX_BACKENDS <= 256, "maglev_map holds backend ids in a byte");
+
 /* MAX_ALLOW bounds the allow_sources prefixes of all services. */
 #ifndef MAX_ALLOW
 #define MAX_ALLOW 1024
@@ -70,6 +75,19 @@ struct {
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } snat_map SEC(".maps");
+
+/* snat_cursor_map holds, per CPU and backend id, the SNAT range offset
+ * after the last port this CPU claimed, plus one (0: none yet, start at
+ * random). The next claim probes on from there: consecutive new flows take
+ * adjacent slots, two to a cache line, instead of a cold random one each,
+ * and a port is reused as late as the range allows. Not pinned: after a
+ * restart claims start anywhere. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __u32);
+} snat_cursor_map SEC(".maps");
 
 /* backend_id_map maps a backend's address to its id, for replies. */
 struct {
@@ -127,13 +145,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } backend_map SEC(".maps");
 
-/* maglev_map is each service's Maglev table: slot svc * MAGLEV_SIZE + h
- * holds a backend id (0: the service has no backend). */
+/* maglev_map is each service's Maglev table, a byte per slot: slot s of
+ * service svc is id[s % XLB_MAGLEV_PER_CHUNK] of element svc *
+ * MAGLEV_CHUNKS + s / XLB_MAGLEV_PER_CHUNK, a backend id (0: the service
+ * has no backend). Bytes, not words: a service's table is 64 KiB, so a
+ * flood of new flows, each reading a random slot, finds it in cache. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, XLB_SVC__MAX * MAGLEV_SIZE);
+	__uint(max_entries, XLB_SVC__MAX * MAGLEV_CHUNKS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct xlb_maglev_chunk);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } maglev_map SEC(".maps");
 

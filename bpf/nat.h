@@ -200,17 +200,21 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
 }
 
 /* snat_claim claims a (backend id, SNAT port) slot for a new flow: probing
- * up to MAX_SNAT_TRIES ports from hash, it takes the first free or expired
- * one, else the oldest half-open or closed one probed (pressure). The
- * owner word is the slot index << 32 | rnd. It returns that cookie, or 0
- * when every probed port holds a live established flow. */
-static __always_inline __u64 snat_claim(__u32 id, __u32 hash, __u32 rnd, __u64 now,
-					const struct xlb_flow_key *fk, __u32 svc)
+ * up to MAX_SNAT_TRIES ports from offset start (mod the range), adjacent
+ * ones, or with pressure spread over the range (established flows are
+ * claimed in runs: a run must not hide the free ports around it), it takes
+ * the first free or expired one, else, with pressure, the oldest half-open
+ * or closed one probed. The owner word is the slot index << 32 | rnd. It
+ * returns that cookie, or 0 when every probed port holds a live flow (with
+ * pressure: a live established flow). */
+static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 now,
+					const struct xlb_flow_key *fk, __u32 svc, int pressure)
 {
 	__u32 range = snat_range();
 	__u32 tries = range < MAX_SNAT_TRIES ? range : MAX_SNAT_TRIES;
+	__u32 step = pressure && range >= MAX_SNAT_TRIES ? range / MAX_SNAT_TRIES : 1;
 	__u32 base = id * range;
-	__u32 off = hash % range;
+	__u32 off = start % range;
 	__u32 victim = 0;
 	__u64 victim_owner = 0, victim_seen = ~0ULL;
 
@@ -221,8 +225,9 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 hash, __u32 rnd, __u64 n
 		struct xlb_snat *s = snat_slot(idx);
 		__u64 cookie = ((__u64)idx << 32) | rnd;
 
-		if (++off == range)
-			off = 0;
+		off += step;
+		if (off >= range)
+			off -= range;
 		if (!s)
 			return 0;
 		__u64 owner = s->owner;
@@ -241,7 +246,7 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 hash, __u32 rnd, __u64 n
 		}
 		__u32 st = s->state;
 
-		if ((!(st & XLB_CT_EST) || ct_closed(st)) && s->last_seen < victim_seen) {
+		if (pressure && (!(st & XLB_CT_EST) || ct_closed(st)) && s->last_seen < victim_seen) {
 			victim = idx;
 			victim_owner = owner;
 			victim_seen = s->last_seen;

@@ -157,6 +157,16 @@ struct xlb_snat {
 	__u8 pad[5];
 };
 
+/* XLB_MAGLEV_PER_CHUNK is how many Maglev slots one maglev_map element
+ * holds: a byte each (backend ids are below 256), a cache line an element. */
+#define XLB_MAGLEV_PER_CHUNK 64
+
+/* xlb_maglev_chunk is one maglev_map element: the backend ids of
+ * XLB_MAGLEV_PER_CHUNK consecutive slots of a service's Maglev table. */
+struct xlb_maglev_chunk {
+	__u8 id[XLB_MAGLEV_PER_CHUNK];
+};
+
 /* xlb_svc_conf is per-service runtime configuration. */
 struct xlb_svc_conf {
 	__u32 allow;		/* non-zero: new flows only from allow_map's prefixes */

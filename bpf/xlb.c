@@ -61,7 +61,15 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 	if (!nh)
 		return drop(svc_slot(svc), reason);
 
-	__u64 cookie = snat_claim(id, rol32(h, 16) * 0x9e3779b1, bpf_get_prandom_u32(), now, fk, svc);
+	__u32 *cursor = bpf_map_lookup_elem(&snat_cursor_map, &id);
+	__u32 rnd = bpf_get_prandom_u32();
+	__u32 start = cursor && *cursor ? *cursor : rnd >> 8;
+	__u64 cookie = snat_claim(id, start, rnd, now, fk, svc, 0);
+
+	if (!cookie) /* The ports after the cursor hold live flows (flows are
+		      * claimed in runs, another CPU's too): probe from a random
+		      * port, taking a half-open one if all there are taken. */
+		cookie = snat_claim(id, bpf_get_prandom_u32(), rnd, now, fk, svc, 1);
 
 	if (!cookie)
 		return drop(svc_slot(svc), XLB_DROP_SNAT_EXHAUSTED);
@@ -74,7 +82,11 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 			snat_release(s, cookie);
 		return drop(svc_slot(svc), XLB_DROP_TABLE_FULL);
 	}
-	__be16 port = bpf_htons(cfg_snat_port_min + (__u32)(cookie >> 32) - id * snat_range());
+	__u32 off = (__u32)(cookie >> 32) - id * snat_range();
+	__be16 port = bpf_htons(cfg_snat_port_min + off);
+
+	if (cursor)
+		*cursor = off + 1;
 
 	e->backend = id;
 	e->snat_port = port;

@@ -58,13 +58,21 @@ func (d *Datapath) restore() error {
 	return nil
 }
 
-// readTables reads every service's Maglev table.
+// readTables reads every service's Maglev table: service svc's slots are
+// [svc*maglevSize, (svc+1)*maglevSize).
 func (d *Datapath) readTables() ([]uint32, error) {
-	all := make([]uint32, d.objs.MaglevMap.MaxEntries())
-	keys := make([]uint32, len(all))
+	chunks := make([]xlbXlbMaglevChunk, d.objs.MaglevMap.MaxEntries())
+	keys := make([]uint32, len(chunks))
 	var cursor ebpf.MapBatchCursor
-	if _, err := d.objs.MaglevMap.BatchLookup(&cursor, keys, all, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if _, err := d.objs.MaglevMap.BatchLookup(&cursor, keys, chunks, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return nil, fmt.Errorf("reading maglev tables: %w", err)
+	}
+	all := make([]uint32, 0, len(Services)*maglevSize)
+	for _, svc := range Services {
+		for i := range maglevSize {
+			c := chunks[uint32(svc)*maglevChunks+uint32(i)/maglevPerChunk]
+			all = append(all, uint32(c.Id[i%maglevPerChunk]))
+		}
 	}
 	return all, nil
 }
@@ -288,13 +296,17 @@ func backendKey(b netip.AddrPort) *xlbXlbBackendKey {
 	return &xlbXlbBackendKey{Addr: wire32(b.Addr()), Port: wire16(b.Port())}
 }
 
+// writeTable writes svc's Maglev table, a byte per slot (see maglev_map).
 func (d *Datapath) writeTable(svc Service, table []uint32) error {
-	keys := make([]uint32, len(table))
-	base := uint32(svc) * maglevSize
-	for i := range keys {
-		keys[i] = base + uint32(i)
+	chunks := make([]xlbXlbMaglevChunk, maglevChunks)
+	for i, id := range table {
+		chunks[i/maglevPerChunk].Id[i%maglevPerChunk] = uint8(id)
 	}
-	if _, err := d.objs.MaglevMap.BatchUpdate(keys, table, nil); err != nil {
+	keys := make([]uint32, len(chunks))
+	for i := range keys {
+		keys[i] = uint32(svc)*maglevChunks + uint32(i)
+	}
+	if _, err := d.objs.MaglevMap.BatchUpdate(keys, chunks, nil); err != nil {
 		return fmt.Errorf("writing maglev table of %v: %w", svc, err)
 	}
 	return nil

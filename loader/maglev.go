@@ -9,6 +9,16 @@ import (
 // maglevSize is the Maglev table size of one service (MAGLEV_SIZE in bpf/maps.h).
 const maglevSize = 65537
 
+// maglevPerChunk and maglevChunks lay a table out in maglev_map
+// (XLB_MAGLEV_PER_CHUNK and MAGLEV_CHUNKS in bpf/).
+const (
+	maglevPerChunk = 64
+	maglevChunks   = (maglevSize + maglevPerChunk - 1) / maglevPerChunk
+)
+
+// The generated chunk must hold maglevPerChunk ids (a compile error if not).
+var _ [maglevPerChunk]uint8 = xlbXlbMaglevChunk{}.Id
+
 // maglevTable fills a table of size m (a prime) with the ids of backends,
 // each getting an even share, as in Maglev (Eisenbud et al., NSDI 2016):
 // every backend walks its own permutation of slots, taking turns, claiming

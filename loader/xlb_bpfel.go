@@ -130,6 +130,11 @@ type xlbXlbLease struct {
 	ExpiresNs uint64
 }
 
+type xlbXlbMaglevChunk struct {
+	_  structs.HostLayout
+	Id [64]uint8
+}
+
 type xlbXlbNexthop struct {
 	_       structs.HostLayout
 	Smac    [6]uint8
@@ -182,6 +187,7 @@ const (
 	xlbMapLeaseMap             = "lease_map"
 	xlbMapMaglevMap            = "maglev_map"
 	xlbMapNexthopMap           = "nexthop_map"
+	xlbMapSnatCursorMap        = "snat_cursor_map"
 	xlbMapSnatMap              = "snat_map"
 	xlbMapStatsMap             = "stats_map"
 	xlbMapSvcMap               = "svc_map"
@@ -248,17 +254,18 @@ type xlbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xlbMapSpecs struct {
-	AllowMap     *ebpf.MapSpec `ebpf:"allow_map"`
-	BackendIdMap *ebpf.MapSpec `ebpf:"backend_id_map"`
-	BackendMap   *ebpf.MapSpec `ebpf:"backend_map"`
-	FlowMap      *ebpf.MapSpec `ebpf:"flow_map"`
-	LayoutMap    *ebpf.MapSpec `ebpf:"layout_map"`
-	LeaseMap     *ebpf.MapSpec `ebpf:"lease_map"`
-	MaglevMap    *ebpf.MapSpec `ebpf:"maglev_map"`
-	NexthopMap   *ebpf.MapSpec `ebpf:"nexthop_map"`
-	SnatMap      *ebpf.MapSpec `ebpf:"snat_map"`
-	StatsMap     *ebpf.MapSpec `ebpf:"stats_map"`
-	SvcMap       *ebpf.MapSpec `ebpf:"svc_map"`
+	AllowMap      *ebpf.MapSpec `ebpf:"allow_map"`
+	BackendIdMap  *ebpf.MapSpec `ebpf:"backend_id_map"`
+	BackendMap    *ebpf.MapSpec `ebpf:"backend_map"`
+	FlowMap       *ebpf.MapSpec `ebpf:"flow_map"`
+	LayoutMap     *ebpf.MapSpec `ebpf:"layout_map"`
+	LeaseMap      *ebpf.MapSpec `ebpf:"lease_map"`
+	MaglevMap     *ebpf.MapSpec `ebpf:"maglev_map"`
+	NexthopMap    *ebpf.MapSpec `ebpf:"nexthop_map"`
+	SnatCursorMap *ebpf.MapSpec `ebpf:"snat_cursor_map"`
+	SnatMap       *ebpf.MapSpec `ebpf:"snat_map"`
+	StatsMap      *ebpf.MapSpec `ebpf:"stats_map"`
+	SvcMap        *ebpf.MapSpec `ebpf:"svc_map"`
 }
 
 // xlbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -298,17 +305,18 @@ func (o *xlbObjects) Close() error {
 //
 // It can be passed to loadXlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xlbMaps struct {
-	AllowMap     *ebpf.Map `ebpf:"allow_map"`
-	BackendIdMap *ebpf.Map `ebpf:"backend_id_map"`
-	BackendMap   *ebpf.Map `ebpf:"backend_map"`
-	FlowMap      *ebpf.Map `ebpf:"flow_map"`
-	LayoutMap    *ebpf.Map `ebpf:"layout_map"`
-	LeaseMap     *ebpf.Map `ebpf:"lease_map"`
-	MaglevMap    *ebpf.Map `ebpf:"maglev_map"`
-	NexthopMap   *ebpf.Map `ebpf:"nexthop_map"`
-	SnatMap      *ebpf.Map `ebpf:"snat_map"`
-	StatsMap     *ebpf.Map `ebpf:"stats_map"`
-	SvcMap       *ebpf.Map `ebpf:"svc_map"`
+	AllowMap      *ebpf.Map `ebpf:"allow_map"`
+	BackendIdMap  *ebpf.Map `ebpf:"backend_id_map"`
+	BackendMap    *ebpf.Map `ebpf:"backend_map"`
+	FlowMap       *ebpf.Map `ebpf:"flow_map"`
+	LayoutMap     *ebpf.Map `ebpf:"layout_map"`
+	LeaseMap      *ebpf.Map `ebpf:"lease_map"`
+	MaglevMap     *ebpf.Map `ebpf:"maglev_map"`
+	NexthopMap    *ebpf.Map `ebpf:"nexthop_map"`
+	SnatCursorMap *ebpf.Map `ebpf:"snat_cursor_map"`
+	SnatMap       *ebpf.Map `ebpf:"snat_map"`
+	StatsMap      *ebpf.Map `ebpf:"stats_map"`
+	SvcMap        *ebpf.Map `ebpf:"svc_map"`
 }
 
 func (m *xlbMaps) Close() error {
@@ -321,6 +329,7 @@ func (m *xlbMaps) Close() error {
 		m.LeaseMap,
 		m.MaglevMap,
 		m.NexthopMap,
+		m.SnatCursorMap,
 		m.SnatMap,
 		m.StatsMap,
 		m.SvcMap,
