@@ -262,6 +262,23 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 
 	return 0;
 }
 
+/* snat_claim_new is snat_claim as a global function, which the verifier
+ * checks once instead of at each call: who packs the flow's backend id,
+ * service and pressure (id | svc << 8 | pressure << 16), the client's
+ * address and port are the flow's; the clock is read here. */
+__noinline __u64 snat_claim_new(__u32 who, __u32 start, __u32 rnd, __u32 caddr, __u32 cport)
+{
+	struct xlb_flow_key fk = {
+		.saddr = caddr,
+		.sport = cport,
+	};
+	__u32 id = who & 0xff, svc = (who >> 8) & 1;
+
+	if (who & (1 << 16))
+		return snat_claim(id, start, rnd, bpf_ktime_get_coarse_ns(), &fk, svc, 1);
+	return snat_claim(id, start, rnd, bpf_ktime_get_coarse_ns(), &fk, svc, 0);
+}
+
 /* snat_release frees slot s if cookie still owns it. */
 static __always_inline void snat_release(struct xlb_snat *s, __u64 cookie)
 {

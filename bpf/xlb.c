@@ -64,12 +64,13 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 	__u32 *cursor = bpf_map_lookup_elem(&snat_cursor_map, &id);
 	__u32 rnd = bpf_get_prandom_u32();
 	__u32 start = cursor && *cursor ? *cursor : rnd >> 8;
-	__u64 cookie = snat_claim(id, start, rnd, now, fk, svc, 0);
+	__u64 cookie = snat_claim_new(id | svc << 8, start, rnd, fk->saddr, fk->sport);
 
 	if (!cookie) /* The ports after the cursor hold live flows (flows are
 		      * claimed in runs, another CPU's too): probe from a random
 		      * port, taking a half-open one if all there are taken. */
-		cookie = snat_claim(id, bpf_get_prandom_u32(), rnd, now, fk, svc, 1);
+		cookie = snat_claim_new(id | svc << 8 | 1 << 16, bpf_get_prandom_u32(), rnd, fk->saddr,
+					fk->sport);
 
 	if (!cookie)
 		return drop(svc_slot(svc), XLB_DROP_SNAT_EXHAUSTED);
