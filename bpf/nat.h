@@ -99,10 +99,22 @@ static __always_inline int key_eq(const struct xlb_flow_key *a, const struct xlb
 }
 
 /* flow_find returns k's entry in flow_map (live or not: see flow_live),
- * or NULL. */
+ * or NULL. It probes only as far as the home entry's reach: in a table
+ * long in service no window holds a never-used entry to stop at, and a
+ * new tuple would otherwise read all FLOW_PROBES entries (12 cache lines)
+ * where its home line is enough. */
 static __always_inline struct xlb_flow *flow_find(const struct xlb_flow_key *k, __u32 h)
 {
+	__u32 home = h & cfg_flow_mask;
+	struct xlb_flow *he = bpf_map_lookup_elem(&flow_map, &home);
+
+	if (!he)
+		return 0;
+	__u32 reach = *(volatile __u32 *)&he->reach;
+
 	for (__u32 i = 0; i < FLOW_PROBES; i++) {
+		if (i >= reach)
+			return 0;
 		__u32 idx = (h + i) & cfg_flow_mask;
 		struct xlb_flow *e = bpf_map_lookup_elem(&flow_map, &idx);
 
@@ -116,6 +128,17 @@ static __always_inline struct xlb_flow *flow_find(const struct xlb_flow_key *k, 
 			return e;
 	}
 	return 0;
+}
+
+/* flow_reach_grow makes home's reach at least r. */
+static __always_inline void flow_reach_grow(struct xlb_flow *home, __u32 r)
+{
+	for (int i = 0; i < FLOW_PROBES; i++) {
+		__u32 old = *(volatile __u32 *)&home->reach;
+
+		if (old >= r || __sync_val_compare_and_swap(&home->reach, old, r) == old)
+			return;
+	}
 }
 
 /* flow_live returns the SNAT slot of the flow whose entry has cookie and
@@ -142,6 +165,9 @@ static __always_inline void flow_kill(struct xlb_flow *e, __u64 cookie)
  * hold live flows. The caller fills the entry, key last. */
 static __always_inline struct xlb_flow *flow_insert(__u32 h, __u64 cookie, __u64 now)
 {
+	__u32 hidx = h & cfg_flow_mask;
+	struct xlb_flow *home = bpf_map_lookup_elem(&flow_map, &hidx);
+
 	for (__u32 i = 0; i < FLOW_PROBES; i++) {
 		__u32 idx = (h + i) & cfg_flow_mask;
 		struct xlb_flow *e = bpf_map_lookup_elem(&flow_map, &idx);
@@ -165,8 +191,12 @@ static __always_inline struct xlb_flow *flow_insert(__u32 h, __u64 cookie, __u64
 				count_expired(vsvc, why);
 			}
 		}
-		if (__sync_val_compare_and_swap(&e->cookie, c, cookie) == c)
+		if (__sync_val_compare_and_swap(&e->cookie, c, cookie) == c) {
+			/* Reachable from its home before its key is written. */
+			if (home)
+				flow_reach_grow(home, i + 1);
 			return e;
+		}
 	}
 	return 0;
 }

@@ -142,6 +142,10 @@ struct xlb_flow {
 	__u32 ifindex;		/* client side: the interface the SYN came in on */
 	__u8 cmac[6];		/* client side: the SYN's source MAC */
 	__u8 lmac[6];		/* client side: the SYN's destination MAC (ours) */
+	/* Not this entry's flow's: 1 + the farthest any flow whose hash
+	 * starts at this entry was placed from it (0: none ever was). A
+	 * lookup probes no farther. Only grows, by compare-and-swap. */
+	__u32 reach;
 };
 
 /* xlb_snat is one slot of snat_map, a (backend, SNAT port) pair: the

@@ -1,6 +1,8 @@
 package loader_test
 
 import (
+	"encoding/binary"
+	"math/bits"
 	"net/netip"
 	"testing"
 	"time"
@@ -453,4 +455,97 @@ func padTo(b []byte, n int) []byte {
 		b = append(b, 0)
 	}
 	return b
+}
+
+// flowHome returns the flow_map entry where the tuple c -> v's probe
+// starts in a table of size entries: bpf/hash.h's hash_3words of the
+// tuple's words as XDP loads them (network order read little-endian).
+func flowHome(c, v netip.AddrPort, size uint32) uint32 {
+	le32 := func(a netip.Addr) uint32 { b := a.As4(); return binary.LittleEndian.Uint32(b[:]) }
+	le16 := func(p uint16) uint32 { return uint32(bits.ReverseBytes16(p)) }
+	rol := func(w uint32, s int) uint32 { return bits.RotateLeft32(w, s) }
+	const seed = 0x9e3779b9 // HASH_SEED_MAGLEV
+	a := le32(c.Addr()) + 0xdeadbeef + 12 + seed
+	b := le32(v.Addr()) + 0xdeadbeef + 12 + seed
+	x := (le16(c.Port())<<16 | le16(v.Port())) + 0xdeadbeef + 12 + seed
+	x ^= b
+	x -= rol(b, 14)
+	a ^= x
+	a -= rol(x, 11)
+	b ^= a
+	b -= rol(a, 25)
+	x ^= b
+	x -= rol(b, 16)
+	a ^= x
+	a -= rol(x, 4)
+	b ^= a
+	b -= rol(a, 14)
+	x ^= b
+	x -= rol(b, 24)
+	return x & (size - 1)
+}
+
+// TestDisplacedFlows puts flows whose tuples share a home entry one after
+// the other in the probe window: each is found from its home (the home's
+// reach grows before a flow's key is written), in both directions, also
+// after the flow at home is deleted and its entry taken by another.
+func TestDisplacedFlows(t *testing.T) {
+	f := newFixtureWith(t, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: snatPorts, SkipPortCheck: true, MaxFlows: loader.MinMaxFlows})
+	primary := ap(pg1, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{primary}); err != nil {
+		t.Fatal(err)
+	}
+	// Five client ports whose tuples share one home.
+	byHome := map[uint32][]uint16{}
+	var ports []uint16
+	var home uint32
+	for p := uint16(30000); p < 60000 && len(ports) < 5; p++ {
+		h := flowHome(ap(client, p), ap(vip, 3000), loader.MinMaxFlows)
+		byHome[h] = append(byHome[h], p)
+		if len(byHome[h]) == 5 {
+			ports, home = byHome[h], h
+		}
+	}
+	if len(ports) < 5 {
+		t.Fatal("no five tuples with one home")
+	}
+	snat := map[uint16]uint16{}
+	for i, cp := range ports[:4] {
+		_, p := forward(t, f, clientPkt(cp, 3000, syn, nil))
+		establish(t, f, primary, cp, p)
+		snat[cp] = p
+		idx, err := f.dp.FlowIndex(ap(client, cp), ap(vip, 3000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (home + uint32(i)) % loader.MinMaxFlows; idx != want {
+			t.Fatalf("flow %d (port %d) at entry %d, want %d (home %d + %d)", i, cp, idx, want, home, i)
+		}
+	}
+	found := func(cports ...uint16) {
+		t.Helper()
+		for _, cp := range cports {
+			if _, p := forward(t, f, clientPkt(cp, 3000, ack|psh, []byte("x"))); p != snat[cp] {
+				t.Fatalf("flow from port %d went out of SNAT port %d, want %d", cp, p, snat[cp])
+			}
+			reply(t, f, primary, snat[cp], ack|psh, cp)
+		}
+	}
+	found(ports[:4]...)
+
+	// The flow at home goes; those placed after it stay found.
+	if err := f.dp.EvictForward(ap(client, ports[0]), ap(vip, 3000)); err != nil {
+		t.Fatal(err)
+	}
+	expectRST(t, f, clientPkt(ports[0], 3000, ack, nil))
+	found(ports[1:4]...)
+
+	// A fifth flow of that home takes the freed entry at home.
+	_, p := forward(t, f, clientPkt(ports[4], 3000, syn, nil))
+	establish(t, f, primary, ports[4], p)
+	snat[ports[4]] = p
+	if idx, err := f.dp.FlowIndex(ap(client, ports[4]), ap(vip, 3000)); err != nil || idx != home {
+		t.Fatalf("fifth flow at entry %d (%v), want its home %d", idx, err, home)
+	}
+	found(ports[1:]...)
 }

@@ -27,8 +27,10 @@ func (d *Datapath) EvictForward(c, v netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
-	e.flow.Cookie = xlbXlbFlowCookieXLB_FLOW_DELETED
-	return d.objs.FlowMap.Put(e.idx, &e.flow)
+	if ok, err := d.deleteFlow(e.idx, e.flow.Cookie); err != nil || !ok {
+		return fmt.Errorf("evicting %v: deleted %v (%v)", c, ok, err)
+	}
+	return nil
 }
 
 // StealSlot gives the SNAT slot of the flow from c to v to another owner
@@ -67,4 +69,10 @@ func (d *Datapath) MarkCut(svc Service, b netip.AddrPort) error {
 		return ErrUnknownBackend
 	}
 	return d.markCut(svc, b, id)
+}
+
+// FlowIndex returns the flow_map index of the live flow from c to v.
+func (d *Datapath) FlowIndex(c, v netip.AddrPort) (uint32, error) {
+	e, err := d.findEntry(c, v)
+	return e.idx, err
 }

@@ -3,6 +3,8 @@ package loader
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -82,6 +84,45 @@ func (d *Datapath) snatSlot(i uint32, s *xlbXlbSnat) error {
 		return fmt.Errorf("reading snat slot %d: %w", i, err)
 	}
 	return nil
+}
+
+// flowWords returns flow_map mapped writable (once; Close unmaps it). A
+// delete or a move writes single words of an entry, never the whole entry:
+// XDP updates another word of it (its reach) at any time.
+func (d *Datapath) flowWords() ([]byte, error) {
+	d.rwOnce.Do(func() {
+		page := os.Getpagesize()
+		size := int(d.objs.FlowMap.MaxEntries())*int(d.objs.FlowMap.ValueSize()) + page - 1
+		d.flowRW, d.flowRWErr = unix.Mmap(d.objs.FlowMap.FD(), 0, size&^(page-1), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	})
+	if d.flowRWErr != nil {
+		return nil, fmt.Errorf("mapping flow_map writable: %w", d.flowRWErr)
+	}
+	return d.flowRW, nil
+}
+
+// flowAt returns entry idx in flow_map's writable mapping.
+func (d *Datapath) flowAt(idx uint32) (*xlbXlbFlow, error) {
+	b, err := d.flowWords()
+	if err != nil {
+		return nil, err
+	}
+	size := int(unsafe.Sizeof(xlbXlbFlow{}))
+	if size != int(d.objs.FlowMap.ValueSize()) || (int(idx)+1)*size > len(b) {
+		return nil, fmt.Errorf("flow entry %d: out of flow_map (%d %d-byte entries)", idx, d.objs.FlowMap.MaxEntries(), d.objs.FlowMap.ValueSize())
+	}
+	return (*xlbXlbFlow)(unsafe.Pointer(&b[int(idx)*size])), nil
+}
+
+// deleteFlow marks entry idx deleted if it still holds cookie (a
+// compare-and-swap of the cookie word, as XDP deletes) and reports whether
+// it did.
+func (d *Datapath) deleteFlow(idx uint32, cookie xlbXlbFlowCookie) (bool, error) {
+	f, err := d.flowAt(idx)
+	if err != nil {
+		return false, fmt.Errorf("deleting flow: %w", err)
+	}
+	return atomic.CompareAndSwapUint64((*uint64)(unsafe.Pointer(&f.Cookie)), uint64(cookie), uint64(xlbXlbFlowCookieXLB_FLOW_DELETED)), nil
 }
 
 // MapBytes returns the bytes of the flow table (flow_map) and of the SNAT
@@ -219,10 +260,8 @@ func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool, byID map[uint32]neti
 		if err := d.objs.SnatMap.Put(slotOf(e.flow.Cookie), &xlbXlbSnat{}); err != nil {
 			return len(flows), flows, fmt.Errorf("freeing snat slot %d: %w", slotOf(e.flow.Cookie), err)
 		}
-		dead := e.flow
-		dead.Cookie = xlbXlbFlowCookieXLB_FLOW_DELETED
-		if err := d.objs.FlowMap.Put(e.idx, &dead); err != nil {
-			return len(flows), flows, fmt.Errorf("deleting flow: %w", err)
+		if _, err := d.deleteFlow(e.idx, e.flow.Cookie); err != nil {
+			return len(flows), flows, err
 		}
 		flows = append(flows, d.flowOf(e, byID, now))
 	}

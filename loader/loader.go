@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultPinPath is where the daemon pins its maps and links.
@@ -173,6 +174,9 @@ type Datapath struct {
 	flowMemErr error
 	snatMem    *ebpf.Memory // snat_map's (snatSlot)
 	snatMemErr error
+	rwOnce     sync.Once
+	flowRW     []byte // flow_map mapped writable (flowWords)
+	flowRWErr  error
 }
 
 // Load loads the datapath with cfg. With cfg.PinPath it mounts bpffs when
@@ -276,6 +280,10 @@ func (d *Datapath) Close() error {
 	if d.nl != nil {
 		d.nl.Close()
 		d.nl = nil
+	}
+	if d.flowRW != nil {
+		errs = append(errs, unix.Munmap(d.flowRW))
+		d.flowRW = nil
 	}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)

@@ -151,8 +151,14 @@ func (d *Datapath) repointFlows(ifname string) error {
 		}
 	}
 	for i := range moved {
-		if err := d.objs.FlowMap.Update(&moved[i], &vals[i], ebpf.UpdateExist); err != nil {
+		// Its interface words only: XDP writes the entry's reach under us.
+		f, err := d.flowAt(moved[i])
+		if err != nil {
 			return fmt.Errorf("moving a flow onto %s: %w", ifname, err)
+		}
+		if f.Cookie == vals[i].Cookie {
+			f.Ifindex = vals[i].Ifindex
+			f.Lmac = vals[i].Lmac
 		}
 	}
 	// The backends' next hops name the egress interface too.

@@ -107,7 +107,7 @@ type xlbXlbFlow struct {
 	Ifindex  uint32
 	Cmac     [6]uint8
 	Lmac     [6]uint8
-	_        [4]byte
+	Reach    uint32
 }
 
 type xlbXlbFlowCookie uint64
