@@ -76,17 +76,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } snat_map SEC(".maps");
 
-/* snat_cursor_map holds, per CPU and backend id, the SNAT range offset
- * after the last port this CPU claimed, plus one (0: none yet, start at
- * random). The next claim probes on from there: consecutive new flows take
- * adjacent slots, two to a cache line, instead of a cold random one each,
- * and a port is reused as late as the range allows. Not pinned: after a
- * restart claims start anywhere. */
+/* snat_cursor_map holds this CPU's port cursor of each backend id (see
+ * struct xlb_snat_cursor). Not pinned: after a restart claims start
+ * anywhere. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_BACKENDS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct xlb_snat_cursor);
 } snat_cursor_map SEC(".maps");
 
 /* backend_id_map maps a backend's address to its id, for replies. */

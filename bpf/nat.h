@@ -205,7 +205,7 @@ static __always_inline struct xlb_flow *flow_insert(__u32 h, __u64 cookie, __u64
  * On success it deletes old's forward entry (so floods of half-open flows
  * do not fill the table), counts why, and fills s for the new flow. */
 static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie, int why,
-				     const struct xlb_flow_key *fk, __u32 svc)
+				     const struct xlb_flow_key *fk, __u32 svc, __u64 now)
 {
 	struct xlb_flow_key vk = flow_key_of(s);
 	__u32 vsvc = s->svc;
@@ -220,9 +220,9 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
 		count_expired(vsvc, why);
 	}
 	s->state = 0;
-	/* A fine clock here: under a flood, "oldest half-open" must order
-	 * flows claimed within one coarse tick. */
-	s->last_seen = bpf_ktime_get_ns();
+	/* now is the claim's stamp: under a flood, "oldest half-open" must
+	 * order flows claimed within one coarse tick. */
+	s->last_seen = now;
 	s->client_addr = fk->saddr;
 	s->client_port = fk->sport;
 	s->svc = svc;
@@ -263,14 +263,14 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 
 		__u64 owner = s->owner;
 
 		if (!owner) {
-			if (snat_take(s, 0, cookie, 0, fk, svc))
+			if (snat_take(s, 0, cookie, 0, fk, svc, now))
 				return cookie;
 			continue;
 		}
 		int why = ct_expired(s, now);
 
 		if (why >= 0) {
-			if (snat_take(s, owner, cookie, why, fk, svc))
+			if (snat_take(s, owner, cookie, why, fk, svc, now))
 				return cookie;
 			continue;
 		}
@@ -287,16 +287,17 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 
 	struct xlb_snat *s = snat_slot(victim);
 	__u64 cookie = ((__u64)victim << 32) | rnd;
 
-	if (s && snat_take(s, victim_owner, cookie, XLB_EXPIRE_PRESSURE, fk, svc))
+	if (s && snat_take(s, victim_owner, cookie, XLB_EXPIRE_PRESSURE, fk, svc, now))
 		return cookie;
 	return 0;
 }
 
 /* snat_claim_new is snat_claim as a global function, which the verifier
  * checks once instead of at each call: who packs the flow's backend id,
- * service and pressure (id | svc << 8 | pressure << 16), the client's
- * address and port are the flow's; the clock is read here. */
-__noinline __u64 snat_claim_new(__u32 who, __u32 start, __u32 rnd, __u32 caddr, __u32 cport)
+ * service and pressure (id | svc << 8 | pressure << 16), start_rnd the
+ * start (high half) and rnd, stamp is the claim's time (see
+ * xlb_snat_cursor.seq), the client's address and port are the flow's. */
+__noinline __u64 snat_claim_new(__u32 who, __u64 start_rnd, __u64 stamp, __u32 caddr, __u32 cport)
 {
 	struct xlb_flow_key fk = {
 		.saddr = caddr,
@@ -305,8 +306,8 @@ __noinline __u64 snat_claim_new(__u32 who, __u32 start, __u32 rnd, __u32 caddr, 
 	__u32 id = who & 0xff, svc = (who >> 8) & 1;
 
 	if (who & (1 << 16))
-		return snat_claim(id, start, rnd, bpf_ktime_get_coarse_ns(), &fk, svc, 1);
-	return snat_claim(id, start, rnd, bpf_ktime_get_coarse_ns(), &fk, svc, 0);
+		return snat_claim(id, start_rnd >> 32, start_rnd, stamp, &fk, svc, 1);
+	return snat_claim(id, start_rnd >> 32, start_rnd, stamp, &fk, svc, 0);
 }
 
 /* snat_release frees slot s if cookie still owns it. */

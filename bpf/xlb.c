@@ -61,15 +61,24 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 	if (!nh)
 		return drop(svc_slot(svc), reason);
 
-	__u32 *cursor = bpf_map_lookup_elem(&snat_cursor_map, &id);
+	struct xlb_snat_cursor *cursor = bpf_map_lookup_elem(&snat_cursor_map, &id);
 	__u32 rnd = bpf_get_prandom_u32();
-	__u32 start = cursor && *cursor ? *cursor : rnd >> 8;
-	__u64 cookie = snat_claim_new(id | svc << 8, start, rnd, fk->saddr, fk->sport);
+	__u32 start = rnd >> 8;
+	__u64 stamp = now;
+
+	if (cursor) {
+		if (cursor->next)
+			start = cursor->next;
+		stamp += cursor->seq++ & 0xfffff;
+	}
+	__u64 cookie = snat_claim_new(id | svc << 8, (__u64)start << 32 | rnd, stamp, fk->saddr,
+				      fk->sport);
 
 	if (!cookie) /* The ports after the cursor hold live flows (flows are
 		      * claimed in runs, another CPU's too): probe from a random
 		      * port, taking a half-open one if all there are taken. */
-		cookie = snat_claim_new(id | svc << 8 | 1 << 16, bpf_get_prandom_u32(), rnd, fk->saddr,
+		cookie = snat_claim_new(id | svc << 8 | 1 << 16,
+					(__u64)bpf_get_prandom_u32() << 32 | rnd, stamp, fk->saddr,
 					fk->sport);
 
 	if (!cookie)
@@ -87,7 +96,7 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 	__be16 port = bpf_htons(cfg_snat_port_min + off);
 
 	if (cursor)
-		*cursor = off + 1;
+		cursor->next = off + 1;
 
 	e->backend = id;
 	e->snat_port = port;

@@ -162,6 +162,12 @@ type xlbXlbSnat struct {
 	Pad        [5]uint8
 }
 
+type xlbXlbSnatCursor struct {
+	_    structs.HostLayout
+	Next uint32
+	Seq  uint32
+}
+
 type xlbXlbStatsSlot uint32
 
 const (
