@@ -183,6 +183,10 @@ struct xlb_snat_cursor {
 	 * plus its low 20 bits (under 1.05 ms), which orders claims within
 	 * one clock tick without reading the fine clock (~35 ns on a VM). */
 	__u32 seq;
+	/* xorshift32 state for the claim's cookie (0: unseeded): cheaper
+	 * than a bpf_get_prandom_u32 call per new flow. */
+	__u32 rng;
+	__u32 pad;
 };
 
 /* xlb_svc_conf is per-service runtime configuration. */

@@ -62,15 +62,20 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 		return drop(svc_slot(svc), reason);
 
 	struct xlb_snat_cursor *cursor = bpf_map_lookup_elem(&snat_cursor_map, &id);
-	__u32 rnd = bpf_get_prandom_u32();
-	__u32 start = rnd >> 8;
+	__u32 rnd;
 	__u64 stamp = now;
 
 	if (cursor) {
-		if (cursor->next)
-			start = cursor->next;
+		rnd = cursor->rng ? cursor->rng : bpf_get_prandom_u32() | 1;
+		rnd ^= rnd << 13;
+		rnd ^= rnd >> 17;
+		rnd ^= rnd << 5;
+		cursor->rng = rnd;
 		stamp += cursor->seq++ & 0xfffff;
+	} else {
+		rnd = bpf_get_prandom_u32();
 	}
+	__u32 start = cursor && cursor->next ? cursor->next : rnd >> 8;
 	__u64 cookie = snat_claim_new(id | svc << 8, (__u64)start << 32 | rnd, stamp, fk->saddr,
 				      fk->sport);
 

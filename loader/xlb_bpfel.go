@@ -166,6 +166,8 @@ type xlbXlbSnatCursor struct {
 	_    structs.HostLayout
 	Next uint32
 	Seq  uint32
+	Rng  uint32
+	Pad  uint32
 }
 
 type xlbXlbStatsSlot uint32
