@@ -463,26 +463,15 @@ func padTo(b []byte, n int) []byte {
 func flowHome(c, v netip.AddrPort, size uint32) uint32 {
 	le32 := func(a netip.Addr) uint32 { b := a.As4(); return binary.LittleEndian.Uint32(b[:]) }
 	le16 := func(p uint16) uint32 { return uint32(bits.ReverseBytes16(p)) }
-	rol := func(w uint32, s int) uint32 { return bits.RotateLeft32(w, s) }
-	const seed = 0x9e3779b9 // HASH_SEED_MAGLEV
-	a := le32(c.Addr()) + 0xdeadbeef + 12 + seed
-	b := le32(v.Addr()) + 0xdeadbeef + 12 + seed
-	x := (le16(c.Port())<<16 | le16(v.Port())) + 0xdeadbeef + 12 + seed
-	x ^= b
-	x -= rol(b, 14)
-	a ^= x
-	a -= rol(x, 11)
-	b ^= a
-	b -= rol(a, 25)
-	x ^= b
-	x -= rol(b, 16)
-	a ^= x
-	a -= rol(x, 4)
-	b ^= a
-	b -= rol(a, 14)
-	x ^= b
-	x -= rol(b, 24)
-	return x & (size - 1)
+	const init = (0xdeadbeef + 12 + 0x9e3779b9) & 0xffffffff // HASH_SEED_MAGLEV, wrapped as in C
+	w := [3]uint32{le32(c.Addr()) + init, le32(v.Addr()) + init, (le16(c.Port())<<16 | le16(v.Port())) + init}
+	// The final mix: c ^= b; c -= rol(b, 14); a ^= c; a -= rol(c, 11); b ^= a; ...
+	for i, r := range []int{14, 11, 25, 16, 4, 14, 24} {
+		d, s := &w[(2+i)%3], w[(1+i)%3]
+		*d ^= s
+		*d -= bits.RotateLeft32(s, r)
+	}
+	return w[2] & (size - 1)
 }
 
 // TestDisplacedFlows puts flows whose tuples share a home entry one after
