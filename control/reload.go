@@ -24,26 +24,51 @@ var ErrSynchronousChange = errors.New("synchronous mode changes only at start")
 // runs, ErrRemoveWriter when the writer would go, and
 // ErrSynchronousChange when cfg.Synchronous differs.
 func (c *Controller) Reconfigure(cfg Config, nodes []Node) error {
+	_, err := c.ReconfigureWith(cfg, nodes, nil)
+	return err
+}
+
+// ReconfigureWith is Reconfigure that calls commit (unless nil) once every
+// check has passed and before anything has changed, with the controller's
+// lock held: what must change together with the controller (the daemon's
+// source allowlists) is written there, and no failover can start between
+// the checks and the change. When a check refuses, commit is not called;
+// when commit fails, nothing changes and its error is returned. applied
+// reports whether the new configuration took effect: an error with
+// applied true is from writing the datapath afterwards, which the
+// controller retries at its next decision.
+func (c *Controller) ReconfigureWith(cfg Config, nodes []Node, commit func() error) (applied bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.busy || c.syncBusy {
-		return fmt.Errorf("reconfiguring: %w", ErrBusy)
+		return false, fmt.Errorf("reconfiguring: %w", ErrBusy)
 	}
 	if cfg.Synchronous != c.cfg.Synchronous {
-		return fmt.Errorf("reconfiguring: %w", ErrSynchronousChange)
+		return false, fmt.Errorf("reconfiguring: %w", ErrSynchronousChange)
 	}
 	var members []*Member
+	var added []*Member
 	for _, n := range nodes {
 		m := c.member(n.Name)
 		if m == nil || m.Addr != n.Addr {
-			slog.Info("node added", "node", n.Name, "addr", n.Addr)
 			m = &Member{Node: n, Role: RoleUnknown, Health: HealthUnknown}
+			added = append(added, m)
 		}
-		m.Priority = n.Priority
 		members = append(members, m)
 	}
 	if c.writer != nil && !slices.Contains(members, c.writer) {
-		return fmt.Errorf("reconfiguring: %s: %w", c.writer.Name, ErrRemoveWriter)
+		return false, fmt.Errorf("reconfiguring: %s: %w", c.writer.Name, ErrRemoveWriter)
+	}
+	if commit != nil {
+		if err := commit(); err != nil {
+			return false, err
+		}
+	}
+	for i, m := range members {
+		if slices.Contains(added, m) {
+			slog.Info("node added", "node", m.Name, "addr", m.Addr)
+		}
+		m.Priority = nodes[i].Priority
 	}
 	for _, m := range c.members {
 		if !slices.Contains(members, m) {
@@ -66,5 +91,5 @@ func (c *Controller) Reconfigure(cfg Config, nodes []Node) error {
 	c.cfg = cfg
 	c.members = members
 	// A removed node's address is in no decision now: apply cuts it.
-	return c.apply()
+	return true, c.apply()
 }

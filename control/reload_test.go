@@ -8,6 +8,7 @@ import (
 	"time"
 
 	gocmp "github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 func TestReconfigure(t *testing.T) {
@@ -84,6 +85,62 @@ func TestReconfigure(t *testing.T) {
 			}
 			if tt.wantErr != nil && len(c.Members()) != 3 {
 				t.Errorf("refused reconfiguration changed the members: %v", c.Members())
+			}
+		})
+	}
+}
+
+// TestReconfigureWithCommit: commit runs only once the checks passed, and
+// a commit that fails changes nothing (nodes, priorities, rules, pools).
+func TestReconfigureWithCommit(t *testing.T) {
+	pg2first := pg2
+	pg2first.Priority = 10
+	tests := []struct {
+		name        string
+		cfg         Config
+		nodes       []Node
+		commitErr   error
+		wantCalled  bool
+		wantApplied bool
+		wantErr     error
+	}{
+		{"applied", Config{Fall: 1}, []Node{pg1, pg2first}, nil, true, true, nil},
+		{"refused: commit not called", Config{Fall: 1}, []Node{pg2first, pg3}, nil, false, false, ErrRemoveWriter},
+		{"commit fails: nothing changes", Config{Fall: 1}, []Node{pg1, pg2first}, errors.New("map full"), true, false, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fd := &fakeDatapath{}
+			c := New(Config{}, []Node{pg1, pg2, pg3}, Options{Datapath: fd})
+			for _, o := range []Observation{{Node: "pg1", Timeline: 1}, {Node: "pg2", InRecovery: true, Timeline: 1}, {Node: "pg3", InRecovery: true, Timeline: 1}} {
+				if err := c.Observe(o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, log := c.Members(), len(fd.log)
+			called := false
+			applied, err := c.ReconfigureWith(tt.cfg, tt.nodes, func() error { called = true; return tt.commitErr })
+			want := tt.wantErr
+			if want == nil {
+				want = tt.commitErr
+			}
+			if !errors.Is(err, want) || (want == nil && err != nil) {
+				t.Fatalf("ReconfigureWith = %v, want %v", err, want)
+			}
+			if called != tt.wantCalled || applied != tt.wantApplied {
+				t.Fatalf("commit called %t, applied %t; want %t, %t", called, applied, tt.wantCalled, tt.wantApplied)
+			}
+			if applied {
+				if c.cfg.Fall != 1 || len(c.Members()) != 2 {
+					t.Errorf("applied, but fall %d, %d members", c.cfg.Fall, len(c.Members()))
+				}
+				return
+			}
+			if diff := gocmp.Diff(before, c.Members(), cmpAddr, cmpopts.IgnoreUnexported(Member{})); diff != "" {
+				t.Errorf("members changed by a refused reconfiguration (-before +after):\n%s", diff)
+			}
+			if c.cfg.Fall != 3 || len(fd.log) != log {
+				t.Errorf("refused, but fall %d, datapath writes %v", c.cfg.Fall, fd.log[log:])
 			}
 		})
 	}

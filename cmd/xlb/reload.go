@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"reflect"
@@ -94,10 +96,13 @@ func liveRules(base control.Config, nc *Config) control.Config {
 
 // reload re-reads the configuration file and applies what can change
 // live: nodes, probe settings, lag limits, read fallback, failover and the
-// source allowlists (for new flows).
-// When the file is invalid, or changes a field that needs a restart, or
-// the controller refuses (a failover under way, the writer removed), it
-// logs why and keeps the running configuration whole. Run's loop only.
+// source allowlists (for new flows). It validates everything first — the
+// file, the fields that need a restart, the controller's own checks (no
+// failover under way, the writer kept) — and then applies all of it or
+// nothing: the allowlists are written inside the controller's
+// reconfiguration, after its checks and before it changes anything, and
+// put back as they were when writing them fails. What it logs says which
+// happened. Run's loop only.
 func (d *daemon) reload(ctx context.Context, out chan<- health.Observation) {
 	const refused = "reload refused: keeping the running configuration"
 	slog.Info("reloading", "config", d.cfg.path)
@@ -115,29 +120,38 @@ func (d *daemon) reload(ctx context.Context, out chan<- health.Observation) {
 		slog.Info("reloaded: nothing changed", "config", d.cfg.path)
 		return
 	}
-	if slices.Contains(live, "allow_sources") {
-		// New flows only: established ones keep going.
-		for _, a := range []struct {
-			svc      loader.Service
-			prefixes []netip.Prefix
-		}{{loader.RW, nc.allowRW}, {loader.RO, nc.allowRO}} {
-			if err := d.dp.SetAllowSources(a.svc, a.prefixes); err != nil {
-				slog.Error(refused, "err", err)
-				return
-			}
-		}
-		d.cfg.AllowSources, d.cfg.allowRW, d.cfg.allowRO = nc.AllowSources, nc.allowRW, nc.allowRO
-	}
 	rules := liveRules(d.ctlCfg, nc)
 	nodes := make([]control.Node, len(nc.Nodes))
 	for i, n := range nc.Nodes {
 		nodes[i] = control.Node{Name: n.Name, Addr: nc.nodes[i], Priority: n.Priority}
 	}
-	if err := d.ctl.Reconfigure(rules, nodes); err != nil {
+	var commit func() error
+	mixed := false
+	if slices.Contains(live, "allow_sources") {
+		// New flows only: established ones keep going.
+		commit = func() error {
+			var err error
+			mixed, err = setAllowlists(d.allow, [2][]netip.Prefix{d.cfg.allowRW, d.cfg.allowRO}, [2][]netip.Prefix{nc.allowRW, nc.allowRO})
+			return err
+		}
+	}
+	applied, err := d.ctl.ReconfigureWith(rules, nodes, commit)
+	if mixed {
+		slog.Error("reload failed half way: the allowlists could not be put back, new flows are checked against old and new lists mixed until a reload succeeds; everything else is as it was",
+			"err", err)
+		return
+	}
+	if !applied {
 		slog.Error(refused, "err", err)
 		return
 	}
+	if err != nil {
+		// Applied; a pool or cut write failed, which the controller
+		// retries at its next decision.
+		slog.Error("reload applied, but writing the datapath failed: retried at the next decision", "err", err)
+	}
 	d.ctlCfg = rules
+	d.cfg.AllowSources, d.cfg.allowRW, d.cfg.allowRO = nc.AllowSources, nc.allowRW, nc.allowRO
 	// Probe targets: the first one's settings (user, database, password,
 	// TLS) are the same for every node, and fixed.
 	targets := make([]health.Target, len(nc.Nodes))
@@ -158,13 +172,36 @@ func (d *daemon) reload(ctx context.Context, out chan<- health.Observation) {
 		}
 	}
 	d.targets = targets
-	byName := make(map[string]health.Target, len(targets))
-	for _, t := range targets {
-		byName[t.Name] = t
-	}
-	d.targetsByName.Store(&byName)
+	d.probes.Store(newProbeSet(targets, time.Duration(nc.Probe.Timeout)))
 	d.cfg.Nodes, d.cfg.nodes, d.cfg.Probe = nc.Nodes, nc.nodes, nc.Probe
 	d.cfg.MaxReadLag, d.cfg.ReadFallbackToPrimary = nc.MaxReadLag, nc.ReadFallbackToPrimary
 	d.cfg.Failover, d.cfg.MaxLagOnFailover = nc.Failover, nc.MaxLagOnFailover
 	slog.Warn("reloaded", "config", d.cfg.path, "changed", strings.Join(live, ","), "nodes", len(nodes))
+}
+
+// allowWriter writes a service's source allowlist (loader.Datapath).
+type allowWriter interface {
+	SetAllowSources(svc loader.Service, prefixes []netip.Prefix) error
+}
+
+// setAllowlists writes the allowlists of both services (indexed RW, RO)
+// from old to new. When a write fails it puts back what it wrote, so
+// either both are new or both are as they were, and returns the error;
+// mixed reports that putting one back failed too (its error joined to
+// err).
+func setAllowlists(w allowWriter, old, new [2][]netip.Prefix) (mixed bool, err error) {
+	svcs := [2]loader.Service{loader.RW, loader.RO}
+	for i, svc := range svcs {
+		if err := w.SetAllowSources(svc, new[i]); err != nil {
+			err = fmt.Errorf("writing the allowlist of %v: %w", svc, err)
+			for j := i; j >= 0; j-- {
+				if rerr := w.SetAllowSources(svcs[j], old[j]); rerr != nil {
+					err = errors.Join(err, fmt.Errorf("putting back the allowlist of %v: %w", svcs[j], rerr))
+					mixed = true
+				}
+			}
+			return mixed, err
+		}
+	}
+	return false, nil
 }

@@ -61,8 +61,10 @@ var runCommand = &cli.Command{
 
 // daemon is a running xlb: the datapath, the controller and their views.
 type daemon struct {
-	cfg     *Config
-	dp      *loader.Datapath
+	cfg *Config
+	dp  *loader.Datapath
+	// allow writes the source allowlists: dp, or a fake in tests.
+	allow   allowWriter
 	ctl     *control.Controller
 	mode    loader.Mode
 	started time.Time
@@ -75,12 +77,13 @@ type daemon struct {
 	rec *web.Recorder
 	// The controller's rules and the probe targets as last applied, and
 	// what reload needs to restart the probes (reload.go).
-	ctlCfg        control.Config
-	targets       []health.Target
-	waker         *health.Waker
-	stopWatch     context.CancelFunc
-	watchExited   chan struct{}
-	targetsByName *atomic.Pointer[map[string]health.Target]
+	ctlCfg      control.Config
+	targets     []health.Target
+	waker       *health.Waker
+	stopWatch   context.CancelFunc
+	watchExited chan struct{}
+	// probes is what the controller's reprobes use; reload replaces it.
+	probes *atomic.Pointer[probeSet]
 }
 
 // secrets are PostgreSQL credentials; never logged.
@@ -173,20 +176,17 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		return err
 	}
 	defer kicker.Close()
-	known, err := loadState(cfg.StateFile)
-	if err != nil {
-		return err
+	// Reload replaces the targets and the probe timeout (reload.go); the
+	// controller's reprobes read them from other goroutines.
+	var probes atomic.Pointer[probeSet]
+	probes.Store(newProbeSet(targets, time.Duration(cfg.Probe.Timeout)))
+	known, rebuild := loadState(cfg.StateFile, time.Now())
+	if rebuild {
+		known = rebuildState(ctx, cfg, nodes, probes.Load())
 	}
 	if known.Timeline != 0 {
 		slog.Info("state", "file", cfg.StateFile, "timeline", known.Timeline, "system_id", known.SystemID)
 	}
-	byName := make(map[string]health.Target, len(targets))
-	for _, t := range targets {
-		byName[t.Name] = t
-	}
-	// Reload replaces the targets (reload.go).
-	var targetsByName atomic.Pointer[map[string]health.Target]
-	targetsByName.Store(&byName)
 	waker := health.NewWaker()
 	ctlCfg := control.Config{
 		Fall:             cfg.Probe.Fall,
@@ -216,16 +216,20 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 			}
 			return ""
 		},
-		Go:       func(f func()) { go f() },
-		Now:      time.Now,
-		Remember: func(d control.Durable) { saveState(cfg.StateFile, d) },
+		Go:  func(f func()) { go f() },
+		Now: time.Now,
+		Remember: func(d control.Durable) {
+			if err := saveState(cfg.StateFile, d); err != nil {
+				slog.Error("saving state", "file", cfg.StateFile, "err", err)
+			}
+		},
 		Reprobe: func(ctx context.Context, ns []control.Node) []control.Observation {
-			return reprobe(ctx, ns, *targetsByName.Load(), time.Duration(cfg.Probe.Timeout))
+			return reprobe(ctx, ns, probes.Load())
 		},
 	})
 	ctlRef.Store(ctl)
-	d := &daemon{cfg: cfg, dp: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr, rec: rec,
-		ctlCfg: ctlCfg, targets: targets, waker: waker, targetsByName: &targetsByName}
+	d := &daemon{cfg: cfg, dp: dp, allow: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr, rec: rec,
+		ctlCfg: ctlCfg, targets: targets, waker: waker, probes: &probes}
 
 	srv, err := serveAPI(cfg.Socket, d)
 	if err != nil {
@@ -345,20 +349,60 @@ func standbys(sbs []health.Standby) []control.Standby {
 	return out
 }
 
+// probeSet is how the daemon probes a node outside the regular probes:
+// the targets by name and the probe timeout. It is replaced whole, never
+// changed, so goroutines that hold one read it without a lock.
+type probeSet struct {
+	byName  map[string]health.Target
+	timeout time.Duration
+}
+
+func newProbeSet(targets []health.Target, timeout time.Duration) *probeSet {
+	ps := &probeSet{byName: make(map[string]health.Target, len(targets)), timeout: timeout}
+	for _, t := range targets {
+		ps.byName[t.Name] = t
+	}
+	return ps
+}
+
 // reprobe probes nodes afresh, all at once, each on a connection of its
 // own, for the controller's check right before a promotion.
-func reprobe(ctx context.Context, ns []control.Node, targets map[string]health.Target, timeout time.Duration) []control.Observation {
+func reprobe(ctx context.Context, ns []control.Node, ps *probeSet) []control.Observation {
 	out := make([]control.Observation, len(ns))
 	var wg sync.WaitGroup
 	for i, n := range ns {
 		wg.Go(func() {
-			p := health.NewProber(targets[n.Name], timeout)
+			p := health.NewProber(ps.byName[n.Name], ps.timeout)
 			defer p.Close()
 			out[i] = toControl(p.Probe(ctx))
 		})
 	}
 	wg.Wait()
 	return out
+}
+
+// rebuildState rebuilds the state a torn or unreadable state file held
+// from PostgreSQL's own state: every node probed once, within two probe
+// timeouts, and control.DurableFrom over what answered. It saves the
+// result so the file is whole again. A node that does not answer may hold
+// a newer timeline than the ones seen: the controller still learns it from
+// the regular probes, and the log says how many answered.
+func rebuildState(ctx context.Context, cfg *Config, nodes []control.Node, ps *probeSet) control.Durable {
+	ctx, cancel := context.WithTimeout(ctx, 2*ps.timeout)
+	defer cancel()
+	d, answered := control.DurableFrom(reprobe(ctx, nodes, ps))
+	log := slog.Warn
+	if answered < len(nodes) {
+		log = slog.Error
+	}
+	log("state rebuilt from postgresql", "timeline", d.Timeline, "system_id", d.SystemID,
+		"nodes_answered", answered, "nodes", len(nodes))
+	if answered > 0 {
+		if err := saveState(cfg.StateFile, d); err != nil {
+			slog.Error("saving state", "file", cfg.StateFile, "err", err)
+		}
+	}
+	return d
 }
 
 // poolWriter writes the controller's pools into the datapath. A cut also
