@@ -17,8 +17,8 @@ func TestDurableFrom(t *testing.T) {
 	}{
 		{"none answered", []Observation{{Node: "pg1", Err: down}}, Durable{}, 0},
 		{"old primary and a follower of the new one", []Observation{
-			{Node: "pg1", Timeline: 1, SystemID: 7},                  // old primary, restarted unrejoined
-			{Node: "pg2", Timeline: 2, SystemID: 7},                  // promoted
+			{Node: "pg1", Timeline: 1, SystemID: 7},                   // old primary, restarted unrejoined
+			{Node: "pg2", Timeline: 2, SystemID: 7},                   // promoted
 			{Node: "pg3", Timeline: 2, SystemID: 7, InRecovery: true}, // follows pg2
 		}, Durable{Timeline: 2, SystemID: 7}, 3},
 		{"new primary down, its follower still says so", []Observation{
