@@ -300,8 +300,12 @@ func AttachPass(ifname string) (link.Link, error) {
 // network namespace (net.ipv4.conf.<ifname>.forwarding), which
 // bpf_fib_lookup requires; without it every new flow is dropped as no_route.
 // When it is on already nothing is written, so a container whose /proc/sys
-// is read-only works when its runtime set it (docker's sysctls).
+// is read-only works when its runtime set it (docker's sysctls). A name
+// that could leave /proc/sys/net/ipv4/conf is refused (ErrInterfaceName).
 func EnableForwarding(ifname string) error {
+	if err := CheckInterfaceName(ifname); err != nil {
+		return fmt.Errorf("enabling forwarding: %w", err)
+	}
 	p := filepath.Join("/proc/sys/net/ipv4/conf", ifname, "forwarding")
 	if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == "1" {
 		return nil

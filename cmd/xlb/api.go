@@ -205,7 +205,9 @@ func serveAPI(path string, d *daemon) (*http.Server, error) {
 		c.Close()
 		return nil, fmt.Errorf("socket %s: another xlb answers there", path)
 	}
-	os.Remove(path)
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
+	}
 	old := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", path)
 	syscall.Umask(old)

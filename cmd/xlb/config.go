@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
-	"regexp"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -142,8 +143,9 @@ func fieldErr(field, format string, args ...any) error {
 	return &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
 }
 
-// LoadConfig reads, defaults and validates the configuration at path. Its
-// errors are *ConfigError naming the field.
+// LoadConfig reads, defaults and validates the configuration at path, and
+// checks that its interface exists. Its errors are *ConfigError naming the
+// field.
 func LoadConfig(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -153,23 +155,37 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkLink(c.Interface); err != nil {
+		return nil, err
+	}
 	c.path = path
 	return c, nil
 }
 
-var yamlFieldRe = regexp.MustCompile(`field (\S+) not found in type main\.(\w+)`)
+// checkLink checks that the interface names a link of this network
+// namespace: xlb run attaches to it, and xlb config check is run where
+// xlb runs.
+func checkLink(name string) error {
+	if _, err := net.InterfaceByName(name); err != nil {
+		return &ConfigError{Field: "interface", Err: fmt.Errorf("%q: no such link in this network namespace: %w", name, err)}
+	}
+	return nil
+}
 
 func parseConfig(b []byte) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		field := "(file)"
-		if m := yamlFieldRe.FindStringSubmatch(err.Error()); m != nil {
-			field = m[1]
-			return nil, &ConfigError{Field: field, Err: errors.New("unknown field")}
+		// KnownFields refused a key, or a value is bad: name the key
+		// from the document's own tree when one is unknown.
+		var doc yaml.Node
+		if yerr := yaml.Unmarshal(b, &doc); yerr == nil {
+			if field, line := unknownField(&doc, reflect.TypeFor[Config](), ""); field != "" {
+				return nil, &ConfigError{Field: field, Err: fmt.Errorf("unknown field (line %d)", line)}
+			}
 		}
-		return nil, &ConfigError{Field: field, Err: err}
+		return nil, &ConfigError{Field: "(file)", Err: err}
 	}
 	c.setDefaults()
 	if err := c.validate(); err != nil {
@@ -264,6 +280,9 @@ func (c *Config) setDefaults() {
 
 func (c *Config) validate() error {
 	var err error
+	if err := loader.CheckInterfaceName(c.Interface); err != nil {
+		return &ConfigError{Field: "interface", Err: err}
+	}
 	if c.vip, err = netip.ParseAddr(c.VIP); err != nil || !c.vip.Is4() {
 		return fieldErr("vip", "%q is not an IPv4 address", c.VIP)
 	}

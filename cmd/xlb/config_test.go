@@ -92,6 +92,15 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"bad duration", "interface: eth0", "interface: eth0\nprobe:\n  interval: fast", "(file)"},
 		{"timeout zero after defaults", "interface: eth0", "interface: eth0\nprobe:\n  timeout: -1s", "probe.timeout"},
 		{"unknown field", "interface: eth0", "interface: eth0\nvipp: 1.2.3.4", "vipp"},
+		{"unknown nested field", "  user: ramos\n", "  user: ramos\n  sslmod: require\n", "postgres.sslmod"},
+		{"unknown field in a list", "    address: 172.20.0.11:5432\n", "    address: 172.20.0.11:5432\n    priorty: 3\n", "nodes[1].priorty"},
+		{"unknown field in a section", "interface: eth0", "interface: eth0\nvrrp:\n  enabled: true\n  prio: 5", "vrrp.prio"},
+		{"interface escapes /proc", "interface: eth0", "interface: ../../../../etc", "interface"},
+		{"interface with a slash", "interface: eth0", "interface: a/b", "interface"},
+		{"interface too long", "interface: eth0", "interface: abcdefghijklmnop", "interface"},
+		{"interface dot-dot", "interface: eth0", "interface: \"..\"", "interface"},
+		{"interface alias", "interface: eth0", "interface: eth0:1", "interface"},
+		{"interface with a space", "interface: eth0", "interface: \"eth 0\"", "interface"},
 		{"no user", "  user: ramos\n", "", "postgres.user"},
 		{"bad sslmode", "  user: ramos\n", "  user: ramos\n  sslmode: maybe\n", "postgres.sslmode"},
 		{"verify-full without a CA", "  user: ramos\n", "  user: ramos\n  sslmode: verify-full\n", "postgres.sslrootcert"},
@@ -114,6 +123,9 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 			}
 			if ce.Field != tt.field {
 				t.Fatalf("field %q (%v), want %q", ce.Field, err, tt.field)
+			}
+			if strings.Contains(tt.name, "unknown") && !strings.Contains(err.Error(), "unknown field (line ") {
+				t.Errorf("error %q does not say unknown field and its line", err)
 			}
 		})
 	}
@@ -200,7 +212,9 @@ func TestRunExitCodes(t *testing.T) {
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte(strings.Replace(goodConfig, "vip: 172.20.0.100", "vip: nope", 1)), 0o600)
 	nopw := filepath.Join(dir, "nopw.yaml")
-	os.WriteFile(nopw, []byte(goodConfig), 0o600)
+	os.WriteFile(nopw, []byte(strings.Replace(goodConfig, "interface: eth0", "interface: lo", 1)), 0o600)
+	nolink := filepath.Join(dir, "nolink.yaml")
+	os.WriteFile(nolink, []byte(strings.Replace(goodConfig, "interface: eth0", "interface: xlbnosuch0", 1)), 0o600)
 	tests := []struct {
 		name  string
 		args  []string
@@ -210,6 +224,7 @@ func TestRunExitCodes(t *testing.T) {
 		{"bad config", []string{"xlb", "run", "--config", bad}, 2, "vip"},
 		{"missing password file", []string{"xlb", "run", "--config", nopw}, 2, "postgres.password_file"},
 		{"missing config file", []string{"xlb", "run", "--config", filepath.Join(dir, "none.yaml")}, 2, "--config"},
+		{"no such interface", []string{"xlb", "run", "--config", nolink}, 2, "config: interface: \"xlbnosuch0\": no such link"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
