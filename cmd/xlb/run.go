@@ -223,9 +223,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 				slog.Error("saving state", "file", cfg.StateFile, "err", err)
 			}
 		},
-		Reprobe: func(ctx context.Context, ns []control.Node) []control.Observation {
-			return reprobe(ctx, ns, probes.Load())
-		},
+		Reprobe: reprober(&probes),
 	})
 	ctlRef.Store(ctl)
 	d := &daemon{cfg: cfg, dp: dp, allow: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr, rec: rec,
@@ -363,6 +361,14 @@ func newProbeSet(targets []health.Target, timeout time.Duration) *probeSet {
 		ps.byName[t.Name] = t
 	}
 	return ps
+}
+
+// reprober returns the controller's Reprobe: it probes with the probe set
+// current at each call (reload replaces it meanwhile).
+func reprober(probes *atomic.Pointer[probeSet]) func(context.Context, []control.Node) []control.Observation {
+	return func(ctx context.Context, ns []control.Node) []control.Observation {
+		return reprobe(ctx, ns, probes.Load())
+	}
 }
 
 // reprobe probes nodes afresh, all at once, each on a connection of its
