@@ -31,6 +31,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// raceDaemons builds the daemons of the end-to-end tests with the race
+// detector (XLB_E2E_RACE=1): a race the daemon runs into fails the test
+// at cleanup (checkNoRace).
+var raceDaemons = os.Getenv("XLB_E2E_RACE") == "1"
+
 // xlbBinary builds cmd/xlb once per test run.
 var xlbBinary = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "xlb-e2e-")
@@ -39,7 +44,11 @@ var xlbBinary = sync.OnceValues(func() (string, error) {
 	}
 	binDir = dir
 	bin := filepath.Join(dir, "xlb")
-	out, err := exec.Command("go", "build", "-o", bin, "../cmd/xlb").CombinedOutput()
+	args := []string{"build", "-o", bin}
+	if raceDaemons {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, "../cmd/xlb")...).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("building xlb: %w\n%s", err, out)
 	}
@@ -64,6 +73,7 @@ func upCluster(t *testing.T) *cluster {
 	defer cancel()
 	prefix := lab.TestPrefix()
 	t.Cleanup(func() {
+		checkNoRace(t, prefix)
 		if err := lab.Down(prefix, io.Discard); err != nil {
 			t.Errorf("lab down: %v", err)
 		}
@@ -73,6 +83,25 @@ func upCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	return &cluster{t: t, lab: l, bin: bin}
+}
+
+// checkNoRace fails t when a daemon of the lab with prefix reported a
+// data race in its log (daemons built with XLB_E2E_RACE=1). The log
+// goes when the lab does: call it before lab.Down.
+func checkNoRace(t *testing.T, prefix string) {
+	t.Helper()
+	if !raceDaemons {
+		return
+	}
+	for _, lb := range []string{"lb1", "lb2"} {
+		b, err := os.ReadFile(lab.DaemonLog(prefix, lb))
+		if err != nil {
+			continue
+		}
+		if i := strings.Index(string(b), "WARNING: DATA RACE"); i >= 0 {
+			t.Errorf("xlb on %s ran into a data race:\n%s", lb, b[i:min(len(b), i+6000)])
+		}
+	}
 }
 
 type tlog struct{ t *testing.T }

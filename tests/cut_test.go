@@ -175,6 +175,7 @@ func upLab(t *testing.T, opts lab.Options) *lab.Running {
 	}
 	opts.Out = tlog{t}
 	t.Cleanup(func() {
+		checkNoRace(t, opts.Prefix)
 		if err := lab.Down(opts.Prefix, nil); err != nil {
 			t.Errorf("lab down: %v", err)
 		}

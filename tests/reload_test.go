@@ -16,7 +16,9 @@ import (
 // changing probe.fall applies live while connections through both VIP
 // ports keep working; a change of vip, and a file that does not parse, are
 // refused with the reason logged, and the daemon keeps running with its
-// configuration; adding pg3 back routes reads to it again.
+// configuration; so is removing the writer together with allowlists that
+// admit no client, which must leave the allowlists as they were; adding
+// pg3 back routes reads to it again.
 func TestReload(t *testing.T) {
 	c := upCluster(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -107,6 +109,25 @@ func TestReload(t *testing.T) {
 	hup("vip: [unclosed\n", "reload refused")
 	query("after an unparsable file")
 	alive("after an unparsable file")
+
+	// A change the controller refuses (pg1, the writer, removed) with
+	// allowlists that admit no client: refused whole, so the allowlists
+	// stay as they were and new sessions through both ports still open.
+	pg1 := regexp.MustCompile(`(?m)^  - name: pg1\n    address: .*\n`)
+	noWriter := pg1.ReplaceAllString(without, "") + "allow_sources:\n  rw: [192.0.2.0/24]\n  ro: [192.0.2.0/24]\n"
+	hup(noWriter, "reload refused")
+	if logCount("cannot remove the writer") == 0 {
+		t.Errorf("the refusal does not say the writer would be removed")
+	}
+	for _, port := range []int{lab.PortRW, lab.PortRO} {
+		conn, err := c.connect(ctx, port)
+		if err != nil {
+			t.Fatalf("new session through VIP:%d after a refused reload: %v (were its allowlists written?)", port, err)
+		}
+		conn.Close(ctx)
+	}
+	query("after a refused writer removal")
+	alive("after a refused writer removal")
 	if p, err := c.pools(); err != nil || len(p) != 2 {
 		t.Fatalf("after refusals: pools %v (%v), want the two members kept", p, err)
 	}

@@ -51,6 +51,7 @@ func upVRRPLab(t *testing.T, noPreempt bool) *vrrpLab {
 	defer cancel()
 	prefix := lab.TestPrefix()
 	t.Cleanup(func() {
+		checkNoRace(t, prefix)
 		if err := lab.Down(prefix, nil); err != nil {
 			t.Errorf("lab down: %v", err)
 		}
