@@ -94,6 +94,11 @@ func TestTornStateFileRestart(t *testing.T) {
 			t.Errorf("lb1's log after the restart has no %q:\n%s", want, newLog())
 		}
 	}
+	for _, l := range strings.Split(newLog(), "\n") {
+		if strings.Contains(l, "state") {
+			t.Logf("%s: %s", r.LB, l)
+		}
+	}
 	aside, _ := filepath.Glob(path + ".corrupt-*")
 	if len(aside) != 1 {
 		t.Errorf("set aside: %v, want one %s.corrupt-<time>", aside, filepath.Base(path))
