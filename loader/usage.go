@@ -23,7 +23,8 @@ type Usage struct {
 	SNATInUse, SNATPorts int
 }
 
-// Usage walks conntrack once and counts its entries.
+// Usage walks conntrack once, in place (FlowCounts), and counts its
+// entries. It allocates nothing in proportion to the table.
 func (d *Datapath) Usage() (Usage, error) {
 	u := Usage{
 		Capacity:        int(d.objs.FlowMap.MaxEntries()),
@@ -31,21 +32,20 @@ func (d *Datapath) Usage() (Usage, error) {
 		ActiveByBackend: map[netip.AddrPort]int{},
 		SNATPorts:       int(d.cfg.SNATPorts.Max) - int(d.cfg.SNATPorts.Min) + 1,
 	}
-	ents, err := d.entries()
+	c, err := d.FlowCounts()
 	if err != nil {
 		return u, fmt.Errorf("walking flows: %w", err)
 	}
-	byID := d.backendsByID()
-	for _, e := range ents {
-		u.Entries++
-		u.Flows++
-		u.SNATInUse++
-		if ctClosed(e.snat.State) {
-			continue
+	u.Entries, u.Flows, u.SNATInUse, u.Active = c.All.Flows, c.All.Flows, c.All.Flows, c.All.Active
+	for svc, st := range c.Services {
+		if st.Active > 0 {
+			u.ActiveByService[svc] = st.Active
 		}
-		u.Active++
-		u.ActiveByService[Service(e.flow.Svc)]++
-		u.ActiveByBackend[byID[e.flow.Backend]]++
+	}
+	for b, st := range c.Backends {
+		if st.Active > 0 {
+			u.ActiveByBackend[b] = st.Active
+		}
 	}
 	return u, nil
 }

@@ -15,7 +15,10 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/xlb-dev/xlb/control"
+	"github.com/xlb-dev/xlb/control/web"
 	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/loader"
 	"github.com/xlb-dev/xlb/vip"
@@ -75,15 +78,9 @@ func (d *daemon) backends() ([]BackendView, error) {
 	if err != nil {
 		return nil, err
 	}
-	flows, err := d.dp.Flows()
+	flows, err := d.dp.FlowCounts()
 	if err != nil {
 		return nil, err
-	}
-	active := map[netip.AddrPort]int{}
-	for _, f := range flows {
-		if !f.Closed {
-			active[f.Backend]++
-		}
 	}
 	var out []BackendView
 	members := d.ctl.Members()
@@ -97,7 +94,7 @@ func (d *daemon) backends() ([]BackendView, error) {
 			State:     string(m.Health),
 			Timeline:  m.Timeline,
 			LagMS:     m.ReplayLag.Milliseconds(),
-			Flows:     active[m.Addr],
+			Flows:     flows.Backends[m.Addr].Active,
 			LastCheck: m.LastCheck,
 			LastError: m.LastError,
 			Drained:   m.Drained,
@@ -144,15 +141,9 @@ func (d *daemon) status() (StatusView, error) {
 	if err != nil {
 		return StatusView{}, err
 	}
-	flows, err := d.dp.Flows()
+	flows, err := d.dp.FlowCounts()
 	if err != nil {
 		return StatusView{}, err
-	}
-	n := 0
-	for _, f := range flows {
-		if !f.Closed {
-			n++
-		}
 	}
 	v := StatusView{
 		Version:     version,
@@ -167,7 +158,7 @@ func (d *daemon) status() (StatusView, error) {
 		PinPath:     d.cfg.PinPath,
 		Writer:      addrStrings(d.ctl.Pool(control.RW)),
 		Readers:     addrStrings(d.ctl.Pool(control.RO)),
-		Flows:       n,
+		Flows:       flows.All.Active,
 		Total:       st.Total,
 		Services:    map[string]loader.Counters{},
 		Control:     d.ctl.Status(),
@@ -196,7 +187,9 @@ func addrStrings(a []netip.AddrPort) []string {
 }
 
 // serveAPI serves the control API on a Unix socket that only root can use
-// (mode 0600). It refuses to start when another daemon answers there.
+// (mode 0600). It refuses to start when another daemon answers there. It
+// keeps at most apiMaxConns connections open and handles apiMaxInFlight
+// requests at a time (one more waits up to apiQueueWait, then gets 503).
 func serveAPI(path string, d *daemon) (*http.Server, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("creating socket directory: %w", err)
@@ -259,9 +252,14 @@ func serveAPI(path string, d *daemon) (*http.Server, error) {
 		}
 		reply(w, ev, err)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler:           web.LimitInFlight(mux, apiMaxInFlight, apiQueueWait),
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, IdleTimeout: time.Minute,
+		// A switchover replies after its wait and its promotion.
+		WriteTimeout: switchoverWait + actionTimeout + 10*time.Second,
+	}
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(netutil.LimitListener(ln, apiMaxConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Error("control api", "err", err)
 		}
 	}()
@@ -274,6 +272,13 @@ func serveAPI(path string, d *daemon) (*http.Server, error) {
 const (
 	switchoverWait = 30 * time.Second
 	actionTimeout  = 10 * time.Second
+)
+
+// Limits of the control API (see serveAPI).
+const (
+	apiMaxConns    = 32
+	apiMaxInFlight = 4
+	apiQueueWait   = 5 * time.Second
 )
 
 func reply(w http.ResponseWriter, v any, err error) {

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"time"
+
+	toolkit "github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/xlb-dev/xlb/control"
 	"github.com/xlb-dev/xlb/control/web"
@@ -25,6 +28,10 @@ type HTTPConfig struct {
 	Listen *string `yaml:"listen"`
 	// Refresh is how often /stats reloads itself; default 2s.
 	Refresh Duration `yaml:"refresh"`
+	// WebConfigFile is the absolute path of a web configuration file of
+	// Prometheus' exporter-toolkit (TLS, client certificates, basic auth
+	// users), as every exporter's --web.config.file; "" serves plain HTTP.
+	WebConfigFile string `yaml:"web_config_file"`
 }
 
 func (h *HTTPConfig) setDefaults() {
@@ -54,6 +61,14 @@ func (h *HTTPConfig) validate() error {
 	if h.Refresh < Duration(time.Second) {
 		return fieldErr("http.refresh", "%v: want at least 1s", time.Duration(h.Refresh))
 	}
+	if f := h.WebConfigFile; f != "" {
+		if !filepath.IsAbs(f) {
+			return fieldErr("http.web_config_file", "%q: want an absolute path", f)
+		}
+		if err := toolkit.Validate(f); err != nil {
+			return &ConfigError{Field: "http.web_config_file", Err: fmt.Errorf("%s: %w", f, err)}
+		}
+	}
 	return nil
 }
 
@@ -69,11 +84,12 @@ func (d *daemon) startHTTP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	addr, err := web.Listen(ctx, listen, srv.Handler())
+	addr, err := web.Listen(ctx, listen, srv.Handler(), web.ListenOptions{WebConfigFile: d.cfg.HTTP.WebConfigFile})
 	if err != nil {
 		return &ConfigError{Field: "http.listen", Err: err}
 	}
-	slog.Info("http server", "addr", addr.String(), "paths", "/stats /metrics /healthz /readyz")
+	slog.Info("http server", "addr", addr.String(), "paths", "/stats /metrics /healthz /readyz",
+		"web_config_file", d.cfg.HTTP.WebConfigFile)
 	return nil
 }
 
