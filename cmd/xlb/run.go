@@ -219,6 +219,9 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 		Go:       func(f func()) { go f() },
 		Now:      time.Now,
 		Remember: func(d control.Durable) { saveState(cfg.StateFile, d) },
+		// A probe's timeout under a SYN flood is no miss while the
+		// datapath sees the node answer its clients.
+		Answering: dp.FloodWitness().Answering,
 		Reprobe: func(ctx context.Context, ns []control.Node) []control.Observation {
 			return reprobe(ctx, ns, *targetsByName.Load(), time.Duration(cfg.Probe.Timeout))
 		},
