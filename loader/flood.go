@@ -3,6 +3,7 @@ package loader
 import (
 	"net/netip"
 	"sync"
+	"time"
 )
 
 // FloodWitness tells a backend that still answers from one that is gone
@@ -21,9 +22,15 @@ type FloodWitness struct {
 
 // floodMark is what one call of Answering saw.
 type floodMark struct {
+	at    time.Time
 	out   uint64 // the backend's bytes to its clients
 	flood uint64 // SYNs that found no free port or entry
 }
+
+// floodWindow bounds how far back Answering compares: a mark older than
+// that is only a new baseline (a node cut off now must not pass for
+// answering on the strength of what it sent long ago).
+const floodWindow = 2 * time.Second
 
 // FloodWitness returns a witness over d's counters.
 func (d *Datapath) FloodWitness() *FloodWitness {
@@ -44,8 +51,8 @@ func flooded(st Stats) uint64 {
 // pressure, or found none, or no conntrack entry). Both must hold: without
 // a flood a timed-out probe is a miss as always (a hung PostgreSQL still
 // has a kernel that answers SYNs), and a backend cut off sends nothing.
-// The first call for b only takes the baseline and returns false, as does
-// a failed read of the counters.
+// The first call for b, or the first after floodWindow, only takes the
+// baseline and returns false, as does a failed read of the counters.
 func (w *FloodWitness) Answering(b netip.AddrPort) bool {
 	st, err := w.d.Stats()
 	if err != nil {
@@ -55,10 +62,10 @@ func (w *FloodWitness) Answering(b netip.AddrPort) bool {
 	if !ok {
 		return false
 	}
-	now := floodMark{out: c.BytesOut, flood: flooded(st)}
+	now := floodMark{at: time.Now(), out: c.BytesOut, flood: flooded(st)}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	was, seen := w.last[b]
 	w.last[b] = now
-	return seen && now.out > was.out && now.flood > was.flood
+	return seen && now.at.Sub(was.at) < floodWindow && now.out > was.out && now.flood > was.flood
 }
