@@ -362,6 +362,18 @@ func TestSYNFloodHeldSession(t *testing.T) {
 		}
 		t.Logf("%s: %d queries answered, none failed", h.name, h.answers.Load())
 	}
+	// No node left the pools: a healthy node taken out under the flood
+	// has all its sessions reset, held here or not.
+	name := filepath.Join(lab.StateDir(r.Prefix), "xlb-"+r.LB+".log")
+	log, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(log)) {
+		if strings.Contains(line, `msg="node down"`) {
+			t.Errorf("a healthy node went down during the flood: %s", strings.TrimSpace(line))
+		}
+	}
 	t.Logf("after the flood:\n%s", status(r))
 }
 
