@@ -16,6 +16,11 @@
 /* MAX_SNAT_TRIES bounds the ports probed for a new flow. */
 #define MAX_SNAT_TRIES 16
 
+/* XLB_CLAIM_PRESSURE is bit 31 of a cookie: set when its slot was taken
+ * from a half-open or closed flow under pressure, clear when it was free
+ * or expired (new_flow learns from it that a flood goes on). */
+#define XLB_CLAIM_PRESSURE (1U << 31)
+
 #define SECOND_NS 1000000000ULL
 
 #ifndef AF_INET
@@ -234,7 +239,8 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
  * ones, or with pressure spread over the range (established flows are
  * claimed in runs: a run must not hide the free ports around it), it takes
  * the first free or expired one, else, with pressure, the oldest half-open
- * or closed one probed. The owner word is the slot index << 32 | rnd. It
+ * or closed one probed. The owner word is the slot index << 32 | rnd,
+ * with XLB_CLAIM_PRESSURE set or cleared by how the slot was taken. It
  * returns that cookie, or 0 when every probed port holds a live flow (with
  * pressure: a live established flow). */
 static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 now,
@@ -253,7 +259,7 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 
 			break;
 		__u32 idx = base + off;
 		struct xlb_snat *s = snat_slot(idx);
-		__u64 cookie = ((__u64)idx << 32) | rnd;
+		__u64 cookie = ((__u64)idx << 32) | (rnd & ~XLB_CLAIM_PRESSURE);
 
 		off += step;
 		if (off >= range)
@@ -285,7 +291,7 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 
 	if (!victim_owner)
 		return 0;
 	struct xlb_snat *s = snat_slot(victim);
-	__u64 cookie = ((__u64)victim << 32) | rnd;
+	__u64 cookie = ((__u64)victim << 32) | rnd | XLB_CLAIM_PRESSURE;
 
 	if (s && snat_take(s, victim_owner, cookie, XLB_EXPIRE_PRESSURE, fk, svc, now))
 		return cookie;

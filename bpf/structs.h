@@ -186,7 +186,11 @@ struct xlb_snat_cursor {
 	/* xorshift32 state for the claim's cookie (0: unseeded): cheaper
 	 * than a bpf_get_prandom_u32 call per new flow. */
 	__u32 rng;
-	__u32 pad;
+	/* Non-zero while this CPU's claims find no free port after the
+	 * cursor (a flood: the range full of half-open flows): claims go
+	 * straight to the pressure round, which takes a free port first
+	 * when it probes one and then clears this. */
+	__u32 pressured;
 };
 
 /* xlb_svc_conf is per-service runtime configuration. */

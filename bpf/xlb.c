@@ -76,15 +76,27 @@ static __always_inline int new_flow(struct xdp_md *ctx, struct eth_hdr *eth, str
 		rnd = bpf_get_prandom_u32();
 	}
 	__u32 start = cursor && cursor->next ? cursor->next : rnd >> 8;
-	__u64 cookie = snat_claim_new(id | svc << 8, (__u64)start << 32 | rnd, stamp, fk->saddr,
-				      fk->sport);
+	int pressured = cursor && cursor->pressured;
+	__u64 cookie = 0;
 
-	if (!cookie) /* The ports after the cursor hold live flows (flows are
-		      * claimed in runs, another CPU's too): probe from a random
-		      * port, taking a half-open one if all there are taken. */
+	if (!pressured)
+		cookie = snat_claim_new(id | svc << 8, (__u64)start << 32 | rnd, stamp, fk->saddr,
+					fk->sport);
+	if (!cookie) {
+		/* The ports after the cursor hold live flows (flows are
+		 * claimed in runs, another CPU's too): probe from a random
+		 * port, taking a half-open one if all there are taken. While
+		 * that keeps happening (a flood), skip the first round. */
 		cookie = snat_claim_new(id | svc << 8 | 1 << 16,
 					(__u64)bpf_get_prandom_u32() << 32 | rnd, stamp, fk->saddr,
 					fk->sport);
+		if (cursor) {
+			__u32 p = cookie && !(cookie & XLB_CLAIM_PRESSURE) ? 0 : 1;
+
+			if (cursor->pressured != p)
+				cursor->pressured = p;
+		}
+	}
 
 	if (!cookie)
 		return drop(svc_slot(svc), XLB_DROP_SNAT_EXHAUSTED);

@@ -169,6 +169,14 @@ type Options struct {
 	// shows them until every node answered once, and the first decision
 	// is compared with them, so a node that left meanwhile is cut.
 	Pools [2][]netip.AddrPort
+	// Answering reports whether the datapath sees node b still answer its
+	// clients while a SYN flood overloads this host (loader.FloodWitness).
+	// A probe that timed out then is no miss: under the flood the host's
+	// own packets are lost before they reach it, and a backend taken out
+	// of the pools for that would have every session on it reset. Probes
+	// that fail otherwise (refused, reset, an error from PostgreSQL) count
+	// as always. nil: every failure counts.
+	Answering func(b netip.AddrPort) bool
 }
 
 // Member is a node and what the controller knows of it.
@@ -350,9 +358,24 @@ func (c *Controller) Observe(o Observation) error {
 	return err
 }
 
+// timedOut reports whether err is a timeout: the context's deadline, or a
+// network timeout (a dialer's or a socket deadline's).
+func timedOut(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &t) && t.Timeout()
+}
+
 // update records o in m.
 func (c *Controller) update(m *Member, o Observation) {
 	m.LastCheck = o.Time
+	if o.Err != nil && m.Health == HealthUp && timedOut(o.Err) &&
+		c.o.Answering != nil && c.o.Answering(m.Addr) {
+		// Timed out, but the datapath sees it answer through a flood:
+		// the probe's packets were lost here, not at the node.
+		m.LastError = o.Err.Error()
+		slog.Debug("probe timed out under a flood; the node still answers its clients", "node", m.Name, "err", o.Err)
+		return
+	}
 	if o.Err != nil {
 		m.LastError = o.Err.Error()
 		m.oks = 0

@@ -2,6 +2,7 @@ package control
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -313,5 +314,59 @@ func TestPinnedNodeGoesDownByTheRule(t *testing.T) {
 	}
 	if !slices.Contains(fd.log, "cut "+pg1.Addr.String()) {
 		t.Errorf("three failed probes of the pinned writer did not cut it: %v", fd.log)
+	}
+}
+
+// netTimeout is a network timeout as net.Dialer returns one.
+type netTimeout struct{}
+
+func (netTimeout) Error() string { return "dial tcp 172.20.0.10:5432: i/o timeout" }
+func (netTimeout) Timeout() bool { return true }
+
+// TestTimeoutsUnderFlood: a probe that timed out while the datapath sees
+// the node answer its clients through a SYN flood is no miss; any other
+// failure, or a timeout the datapath cannot vouch for, still is.
+func TestTimeoutsUnderFlood(t *testing.T) {
+	deadline := fmt.Errorf("querying pg1: %w", context.DeadlineExceeded)
+	dial := fmt.Errorf("connecting to pg1: %w", netTimeout{})
+	refused := errors.New("connecting to pg1: connection refused")
+	for _, tt := range []struct {
+		name      string
+		err       error
+		answering bool
+		wantCut   bool
+	}{
+		{"query timeout, node answers through the flood", deadline, true, false},
+		{"dial timeout, node answers through the flood", dial, true, false},
+		{"query timeout, no flood or no answer", deadline, false, true},
+		{"refused, node answers", refused, true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fd := &fakeDatapath{}
+			var asked []netip.AddrPort
+			c := New(Config{}, []Node{pg1, pg2, pg3}, Options{Datapath: fd,
+				Answering: func(b netip.AddrPort) bool { asked = append(asked, b); return tt.answering }})
+			obs := []Observation{{Node: "pg1", Timeline: 1}, {Node: "pg2", InRecovery: true, Timeline: 1},
+				{Node: "pg3", InRecovery: true, Timeline: 1}}
+			for range 5 {
+				obs = append(obs, Observation{Node: "pg1", Err: tt.err})
+			}
+			for _, o := range obs {
+				if err := c.Observe(o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := slices.Contains(fd.log, "cut "+pg1.Addr.String()); got != tt.wantCut {
+				t.Errorf("pg1 cut: %v, want %v (log %v)", got, tt.wantCut, fd.log)
+			}
+			if !tt.wantCut {
+				if diff := gocmp.Diff(addrs(pg1), fd.pools[RW], cmpAddr); diff != "" {
+					t.Errorf("rw pool (-want +got):\n%s", diff)
+				}
+				if len(asked) == 0 || asked[0] != pg1.Addr {
+					t.Errorf("Answering asked for %v, want pg1's address", asked)
+				}
+			}
+		})
 	}
 }

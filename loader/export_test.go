@@ -76,3 +76,27 @@ func (d *Datapath) FlowIndex(c, v netip.AddrPort) (uint32, error) {
 	e, err := d.findEntry(c, v)
 	return e.idx, err
 }
+
+// FreedUnderFlows returns how many forward entries look live (a cookie,
+// not deleted) while their SNAT slot is free: flows whose slot was freed
+// behind their back. Their next packet finds no slot and gets a RST.
+func (d *Datapath) FreedUnderFlows() (int, error) {
+	tab, err := d.table()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, f := range tab {
+		if f.Cookie == xlbXlbFlowCookieXLB_FLOW_EMPTY || f.Cookie == xlbXlbFlowCookieXLB_FLOW_DELETED {
+			continue
+		}
+		var s xlbXlbSnat
+		if err := d.snatSlot(slotOf(f.Cookie), &s); err != nil {
+			return 0, err
+		}
+		if s.Owner == 0 {
+			n++
+		}
+	}
+	return n, nil
+}

@@ -114,6 +114,39 @@ func (d *Datapath) flowAt(idx uint32) (*xlbXlbFlow, error) {
 	return (*xlbXlbFlow)(unsafe.Pointer(&b[int(idx)*size])), nil
 }
 
+// snatWords returns snat_map mapped writable (once; Close unmaps it).
+func (d *Datapath) snatWords() ([]byte, error) {
+	d.snatRWOnce.Do(func() {
+		page := os.Getpagesize()
+		size := int(d.objs.SnatMap.MaxEntries())*int(d.objs.SnatMap.ValueSize()) + page - 1
+		d.snatRW, d.snatRWErr = unix.Mmap(d.objs.SnatMap.FD(), 0, size&^(page-1), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	})
+	if d.snatRWErr != nil {
+		return nil, fmt.Errorf("mapping snat_map writable: %w", d.snatRWErr)
+	}
+	return d.snatRW, nil
+}
+
+// releaseSlot frees SNAT slot i if cookie still owns it (a compare-and-swap
+// of the owner word, as XDP frees and claims slots) and reports whether it
+// did. The slot's other words stay: a free slot is one whose owner is 0,
+// and the claim that takes it next writes them. A whole-slot write instead
+// would free a slot that XDP gave to a new flow since it was read (a flow
+// expired or taken under pressure meanwhile): that flow's next packet
+// would find no slot and get a RST.
+func (d *Datapath) releaseSlot(i uint32, cookie xlbXlbFlowCookie) (bool, error) {
+	b, err := d.snatWords()
+	if err != nil {
+		return false, fmt.Errorf("freeing snat slot %d: %w", i, err)
+	}
+	size := int(unsafe.Sizeof(xlbXlbSnat{}))
+	if size != int(d.objs.SnatMap.ValueSize()) || (int(i)+1)*size > len(b) {
+		return false, fmt.Errorf("freeing snat slot %d: out of snat_map (%d %d-byte slots)", i, d.objs.SnatMap.MaxEntries(), d.objs.SnatMap.ValueSize())
+	}
+	s := (*xlbXlbSnat)(unsafe.Pointer(&b[int(i)*size]))
+	return atomic.CompareAndSwapUint64(&s.Owner, uint64(cookie), 0), nil
+}
+
 // deleteFlow marks entry idx deleted if it still holds cookie (a
 // compare-and-swap of the cookie word, as XDP deletes) and reports whether
 // it did.
@@ -243,11 +276,12 @@ func (d *Datapath) FlushFlows() (int, error) {
 }
 
 // flushWhere deletes the flows match picks (it frees the SNAT slot, then
-// marks the entry deleted) and returns how many went and which. XDP claims
-// a slot or an entry only when it is free or its flow expired or died, so a
-// live flow's cannot change hands under our feet; an expired flow's may,
-// and is then counted as flushed although XDP took it first.
-// byID names the backends (see backendsByID).
+// marks the entry deleted, each with a compare-and-swap on the owner's
+// cookie) and returns how many went and which. XDP claims a slot when it
+// is free, or its flow expired, or (under pressure) was never established,
+// so a flow read here may have lost its slot to a new flow since: that
+// slot is left to its new flow, and the old flow, already over, is not
+// counted. byID names the backends (see backendsByID).
 func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool, byID map[uint32]netip.AddrPort) (int, []Flow, error) {
 	ents, err := d.entriesWhere(match)
 	if err != nil {
@@ -257,11 +291,15 @@ func (d *Datapath) flushWhere(match func(*xlbXlbFlow) bool, byID map[uint32]neti
 	var flows []Flow
 	for i := range ents {
 		e := &ents[i]
-		if err := d.objs.SnatMap.Put(slotOf(e.flow.Cookie), &xlbXlbSnat{}); err != nil {
-			return len(flows), flows, fmt.Errorf("freeing snat slot %d: %w", slotOf(e.flow.Cookie), err)
+		freed, err := d.releaseSlot(slotOf(e.flow.Cookie), e.flow.Cookie)
+		if err != nil {
+			return len(flows), flows, err
 		}
 		if _, err := d.deleteFlow(e.idx, e.flow.Cookie); err != nil {
 			return len(flows), flows, err
+		}
+		if !freed {
+			continue
 		}
 		flows = append(flows, d.flowOf(e, byID, now))
 	}

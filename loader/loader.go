@@ -177,6 +177,9 @@ type Datapath struct {
 	rwOnce     sync.Once
 	flowRW     []byte // flow_map mapped writable (flowWords)
 	flowRWErr  error
+	snatRWOnce sync.Once
+	snatRW     []byte // snat_map mapped writable (snatWords)
+	snatRWErr  error
 }
 
 // Load loads the datapath with cfg. With cfg.PinPath it mounts bpffs when
@@ -284,6 +287,10 @@ func (d *Datapath) Close() error {
 	if d.flowRW != nil {
 		errs = append(errs, unix.Munmap(d.flowRW))
 		d.flowRW = nil
+	}
+	if d.snatRW != nil {
+		errs = append(errs, unix.Munmap(d.snatRW))
+		d.snatRW = nil
 	}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)

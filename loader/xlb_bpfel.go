@@ -163,11 +163,11 @@ type xlbXlbSnat struct {
 }
 
 type xlbXlbSnatCursor struct {
-	_    structs.HostLayout
-	Next uint32
-	Seq  uint32
-	Rng  uint32
-	Pad  uint32
+	_         structs.HostLayout
+	Next      uint32
+	Seq       uint32
+	Rng       uint32
+	Pressured uint32
 }
 
 type xlbXlbStatsSlot uint32

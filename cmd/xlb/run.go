@@ -223,7 +223,10 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 				slog.Error("saving state", "file", cfg.StateFile, "err", err)
 			}
 		},
-		Reprobe: reprober(&probes),
+		// A probe's timeout under a SYN flood is no miss while the
+		// datapath sees the node answer its clients.
+		Answering: dp.FloodWitness().Answering,
+		Reprobe:   reprober(&probes),
 	})
 	ctlRef.Store(ctl)
 	d := &daemon{cfg: cfg, dp: dp, allow: dp, ctl: ctl, mode: mode, started: time.Now(), election: election, leaseErr: &leaseErr, rec: rec,
