@@ -16,7 +16,7 @@ const (
 	chaosSeed   = 9
 )
 
-// TestChaos runs `xlb lab chaos` for chaosCycles cycles on a lab of its
+// TestChaos runs `xlb-lab chaos` for chaosCycles cycles on a lab of its
 // own with two LB hosts in synchronous mode: naive and careful clients
 // write and read through the VIP while every fault kind hits the cluster
 // once or more. Any safety count above 0 fails it: a client hung, a
@@ -81,7 +81,7 @@ func TestChaos(t *testing.T) {
 	// VIP:3001 keep reading from a replica after its promotion, and from
 	// the primary after the replicas take the reads back (the datapath
 	// cuts a backend's flows for every service at once, so they are not
-	// cut); `xlb lab chaos` itself still exits 1 on them.
+	// cut); `xlb-lab chaos` itself still exits 1 on them.
 	if rep.StaleReads != 0 {
 		t.Logf("stale reads: %d (read sessions left on a node that left the read pool; see the table above)", rep.StaleReads)
 	}

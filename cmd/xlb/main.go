@@ -40,7 +40,6 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 			statusCommand,
 			switchoverCommand,
 			pgCommand,
-			labCommand,
 			{
 				Name:  "version",
 				Usage: "print the version",
