@@ -23,7 +23,7 @@ var labPrefixFlag = &cli.StringFlag{Name: "prefix", Value: lab.Prefix, Usage: "n
 
 var xlbFlag = &cli.StringFlag{Name: "xlb", Usage: "the xlb binary the lab's daemons run (default: xlb beside xlb-lab, else on PATH)", EnvVars: []string{"XLB_BINARY"}}
 
-// labCommands run the lab of DESIGN.md on this host: network namespaces
+// labCommands run the lab on this host: network namespaces
 // joined by a bridge, PostgreSQL 15 primary and two replicas, xlb on lb1
 // (and lb2).
 var labCommands = []*cli.Command{

@@ -1,4 +1,4 @@
-// Command xlb-lab runs the lab of DESIGN.md on one Linux host: network
+// Command xlb-lab runs xlb's lab on one Linux host: network
 // namespaces joined by a bridge, a PostgreSQL 15 primary and two replicas,
 // xlb on one or two LB hosts, and a client; and on that lab the demo, the
 // failover drill and the chaos run.
