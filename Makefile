@@ -15,7 +15,7 @@ all: build
 ## generate: rebuild the BPF objects (loader/*_bpfel.go/.o) with bpf2go and clang
 ##   (installs clang llvm libbpf-dev as root when missing; names the apt-get line otherwise)
 generate:
-	@command -v clang >/dev/null && [ -e /usr/include/bpf/bpf_helpers.h ] || $(DEPS) generate || \
+	@command -v clang >/dev/null && command -v llvm-strip >/dev/null && [ -e /usr/include/bpf/bpf_helpers.h ] || $(DEPS) generate || \
 		{ echo "make generate: needs clang, llvm and libbpf-dev: apt-get install -y clang llvm libbpf-dev" >&2; exit 1; }
 	cd loader && $(GO) generate ./...
 

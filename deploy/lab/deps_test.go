@@ -29,7 +29,7 @@ func TestDeps(t *testing.T) {
 	}
 	// What the tests and the lab run, each from a package of the test group.
 	for _, prog := range []string{
-		"clang", "llc", "ip", "ethtool", "nft", "psql", "pg_basebackup", "pg_isready",
+		"clang", "llvm-strip", "ip", "ethtool", "nft", "psql", "pg_basebackup", "pg_isready",
 		"keepalived", "haproxy", "hping3", "tcpdump", "pgrep", "bpftool", "promtool", "prometheus",
 		"chromium", "systemd-analyze", "mmdebstrap", "docker-compose",
 	} {
