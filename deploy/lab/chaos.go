@@ -412,23 +412,5 @@ func (ch *chaos) heal(ctx context.Context, c *ChaosCycle) error {
 // anyAck waits for an INSERT of any writer sent after after and
 // satisfying ok to be acknowledged, and returns it.
 func (ch *chaos) anyAck(ctx context.Context, after time.Time, ok func(Ack) bool) (Ack, error) {
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	from := make([]int, len(ch.writers))
-	for {
-		for i, w := range ch.writers {
-			if a, found := firstAck(w.since(&from[i]), after, func(a Ack) bool { return a.Sent.After(after) && ok(a) }); found {
-				return a, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			var errs []map[string]int
-			for _, w := range ch.writers {
-				errs = append(errs, w.Errors())
-			}
-			return Ack{}, fmt.Errorf("waiting for an INSERT sent after %s to be acknowledged: %w (writer failures %v)", clock(after), ctx.Err(), errs)
-		case <-tick.C:
-		}
-	}
+	return waitAcks(ctx, after, func(a Ack) bool { return a.Sent.After(after) && ok(a) }, ch.writers...)
 }
