@@ -19,7 +19,7 @@ func requireTool(t *testing.T, name string) string {
 		return p
 	}
 	if os.Getenv("XLB_REQUIRE_PRIVILEGED") == "1" {
-		t.Fatalf("%s not found (.ci/run installs it)", name)
+		t.Fatalf("%s not found (make test installs it: deploy/lab/lab-deps.sh test)", name)
 	}
 	t.Skipf("%s not found", name)
 	return ""

@@ -16,7 +16,9 @@
 // # Capabilities and kernels
 //
 // Loading needs CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN to mount bpffs);
-// xlb is built and tested on Linux 6.x. Native XDP_TX on a veth needs an XDP
+// xlb is built and tested on Linux 6.x and needs Linux 5.16 or newer
+// (MinKernel): Features lists what it uses and since when, and CheckKernel,
+// which xlb run calls first, names what the running kernel lacks. Native XDP_TX on a veth needs an XDP
 // program on the peer too (see PassProgram); generic mode does not.
 //
 // # Byte order

@@ -38,7 +38,7 @@ func logReport(t *testing.T, rep *lab.DrillReport) {
 // old primary, the rest well under a second here.
 const maxOutage = 10 * time.Second
 
-// TestFailoverDrill runs the drill of `xlb lab drill`, two trials of each
+// TestFailoverDrill runs the drill of `xlb-lab drill`, two trials of each
 // fault, on a lab in synchronous mode: no acknowledged commit may be lost,
 // no write may reach the fenced old primary, and writes resume within
 // maxOutage each time.

@@ -24,7 +24,7 @@ var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON for programs"}
 var backendsCommand = &cli.Command{
 	Name:  "backends",
 	Usage: "list the PostgreSQL members, their roles and pools",
-	Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag, jsonFlag},
+	Flags: []cli.Flag{socketFlag, jsonFlag},
 	Action: func(c *cli.Context) error {
 		var v []BackendView
 		if err := mustClient(c).do("GET", "/v1/backends", &v); err != nil {
@@ -40,9 +40,9 @@ var backendsCommand = &cli.Command{
 		return nil
 	},
 	Subcommands: []*cli.Command{
-		{Name: "drain", Usage: "stop new flows to a member (existing flows stay)", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag},
+		{Name: "drain", Usage: "stop new flows to a member (existing flows stay)", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag},
 			Action: func(c *cli.Context) error { return memberAction(c, "drain") }},
-		{Name: "enable", Usage: "undo drain", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag},
+		{Name: "enable", Usage: "undo drain", ArgsUsage: "MEMBER", Flags: []cli.Flag{socketFlag},
 			Action: func(c *cli.Context) error { return memberAction(c, "enable") }},
 	},
 }
@@ -62,7 +62,7 @@ func memberAction(c *cli.Context, action string) error {
 var switchoverCommand = &cli.Command{
 	Name:  "switchover",
 	Usage: "hand the primary role to a replica without losing a commit",
-	Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag, jsonFlag, &cli.StringFlag{Name: "to", Required: true, Usage: "the replica to promote"}},
+	Flags: []cli.Flag{socketFlag, jsonFlag, &cli.StringFlag{Name: "to", Required: true, Usage: "the replica to promote"}},
 	Action: func(c *cli.Context) error {
 		var ev control.Event
 		cl := mustClient(c)
@@ -87,7 +87,7 @@ var switchoverCommand = &cli.Command{
 var statusCommand = &cli.Command{
 	Name:  "status",
 	Usage: "show the datapath: mode, interface, VIP, counters, drops by reason",
-	Flags: []cli.Flag{socketFlag, labHostFlag, labPrefixFlag, jsonFlag},
+	Flags: []cli.Flag{socketFlag, jsonFlag},
 	Action: func(c *cli.Context) error {
 		var v StatusView
 		if err := mustClient(c).do("GET", "/v1/status", &v); err != nil {

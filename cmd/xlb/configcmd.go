@@ -33,6 +33,9 @@ var configCommand = &cli.Command{
 			}
 			fmt.Fprintf(c.App.Writer, "%s: valid: vip %s on %s, %d nodes, vrrp %t, http %s\n",
 				path, cfg.VIP, cfg.Interface, len(cfg.Nodes), cfg.VRRP.Enabled, http)
+			// The file may be checked on another host than the one that
+			// runs it: the kernel's state is reported, not judged.
+			fmt.Fprintln(c.App.Writer, kernelLine())
 			return nil
 		},
 	}},

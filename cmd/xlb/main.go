@@ -18,8 +18,9 @@ func main() {
 	os.Exit(run(os.Args, os.Stderr))
 }
 
-// run runs the CLI and returns the exit code: 2 for a bad configuration,
-// 1 for any other error.
+// run runs the CLI and returns the exit code: 2 for a bad configuration
+// or a kernel that lacks a feature the datapath needs, 1 for any other
+// error.
 func run(args []string, stderr io.Writer) int {
 	return runWith(args, os.Stdout, stderr)
 }
@@ -40,7 +41,6 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 			statusCommand,
 			switchoverCommand,
 			pgCommand,
-			labCommand,
 			{
 				Name:  "version",
 				Usage: "print the version",
@@ -54,7 +54,8 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 	if err := app.Run(args); err != nil {
 		fmt.Fprintln(stderr, "xlb:", err)
 		var ce *ConfigError
-		if errors.As(err, &ce) {
+		var ke *KernelError
+		if errors.As(err, &ce) || errors.As(err, &ke) {
 			return 2
 		}
 		return 1

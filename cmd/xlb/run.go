@@ -38,6 +38,9 @@ var runCommand = &cli.Command{
 		if err := setupLogging(os.Stderr, c.String("log-format"), c.String("log-level")); err != nil {
 			return err
 		}
+		if err := checkKernel(); err != nil {
+			return err
+		}
 		cfg, err := LoadConfig(c.String("config"))
 		if err != nil {
 			return err

@@ -168,7 +168,7 @@ func (r *ChaosReport) OK() bool {
 }
 
 // Chaos runs opts.Cycles random faults on the running lab with
-// opts.Prefix, which must have two LB hosts (xlb lab up --lbs 2), while
+// opts.Prefix, which must have two LB hosts (xlb-lab up --lbs 2), while
 // clients of four kinds run the whole time through the VIP: naive writers
 // (no timeout, no keepalive: a session whose flow is gone and never reset
 // blocks forever), careful writers (dial and statement timeouts), and the
@@ -203,7 +203,7 @@ func Chaos(ctx context.Context, opts ChaosOptions) (*ChaosReport, error) {
 		return nil, err
 	}
 	if !slices.Equal(st.Daemons, []string{"lb1", "lb2"}) {
-		return nil, fmt.Errorf("chaos on lab %s: want xlb on lb1 and lb2 (xlb lab up --lbs 2), the lab runs it on %v", opts.Prefix, st.Daemons)
+		return nil, fmt.Errorf("chaos on lab %s: want xlb on lb1 and lb2 (xlb-lab up --lbs 2), the lab runs it on %v", opts.Prefix, st.Daemons)
 	}
 	ch := &chaos{r: r, opts: opts, rand: newChaosRand(opts.Seed),
 		rep: &ChaosReport{Prefix: opts.Prefix, Seed: opts.Seed, Clients: opts.Clients}}
@@ -412,23 +412,5 @@ func (ch *chaos) heal(ctx context.Context, c *ChaosCycle) error {
 // anyAck waits for an INSERT of any writer sent after after and
 // satisfying ok to be acknowledged, and returns it.
 func (ch *chaos) anyAck(ctx context.Context, after time.Time, ok func(Ack) bool) (Ack, error) {
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	from := make([]int, len(ch.writers))
-	for {
-		for i, w := range ch.writers {
-			if a, found := firstAck(w.since(&from[i]), after, func(a Ack) bool { return a.Sent.After(after) && ok(a) }); found {
-				return a, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			var errs []map[string]int
-			for _, w := range ch.writers {
-				errs = append(errs, w.Errors())
-			}
-			return Ack{}, fmt.Errorf("waiting for an INSERT sent after %s to be acknowledged: %w (writer failures %v)", clock(after), ctx.Err(), errs)
-		case <-tick.C:
-		}
-	}
+	return waitAcks(ctx, after, func(a Ack) bool { return a.Sent.After(after) && ok(a) }, ch.writers...)
 }

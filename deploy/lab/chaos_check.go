@@ -205,32 +205,6 @@ func (d *chaosRun) blockedFrom(op Op) time.Time {
 	return from
 }
 
-// longestSilence returns the longest time in [from, to] without an
-// answer in acks (from the fault to the first answer, between answers, or
-// from the last answer to to) and when it began. It returns 0 when from
-// is zero or to not after it.
-func longestSilence(acks []Ack, from, to time.Time) (time.Duration, time.Time) {
-	if from.IsZero() || !to.After(from) {
-		return 0, from
-	}
-	ats := []time.Time{from}
-	for _, a := range acks {
-		if a.At.After(from) && a.At.Before(to) {
-			ats = append(ats, a.At)
-		}
-	}
-	slices.SortFunc(ats, time.Time.Compare)
-	ats = append(ats, to)
-	var gap time.Duration
-	began := from
-	for i := 1; i < len(ats); i++ {
-		if d := ats[i].Sub(ats[i-1]); d > gap {
-			gap, began = d, ats[i-1]
-		}
-	}
-	return gap, began
-}
-
 // maxFindings bounds the findings a cycle keeps of each kind.
 const maxFindings = 3
 

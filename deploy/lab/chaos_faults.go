@@ -50,16 +50,7 @@ var ChaosFaults = []ChaosFault{ChaosKill, ChaosStop, ChaosPartition, ChaosXLBKil
 // ParseChaosFault returns the ChaosFault named s, or an error listing the
 // names.
 func ParseChaosFault(s string) (ChaosFault, error) {
-	for _, f := range ChaosFaults {
-		if string(f) == s {
-			return f, nil
-		}
-	}
-	names := make([]string, 0, len(ChaosFaults))
-	for _, f := range ChaosFaults {
-		names = append(names, string(f))
-	}
-	return "", fmt.Errorf("chaos fault %q: want one of %s", s, strings.Join(names, ", "))
+	return parseKind("chaos fault", s, ChaosFaults)
 }
 
 // inject does c.Fault to the steady cluster whose primary is
@@ -196,13 +187,10 @@ func (ch *chaos) inject(ctx context.Context, c *ChaosCycle) error {
 // resumedOffOld waits for an INSERT sent after t0 to be acknowledged by a
 // server other than old.
 func (ch *chaos) resumedOffOld(ctx context.Context, old string, t0 time.Time) error {
-	oldAddr := HostAddr(old)
 	wctx, cancel := ch.wait(ctx)
 	defer cancel()
-	if _, err := ch.anyAck(wctx, t0, func(a Ack) bool { return a.Server != oldAddr }); err != nil {
-		return fmt.Errorf("waiting for writes to resume off %s: %w\n%s", old, err, ch.r.daemonLogTail(20))
-	}
-	return nil
+	_, err := ch.r.resumedOff(wctx, old, t0, ch.writers...)
+	return err
 }
 
 // waitOut waits until the daemon shows the revived old primary old fenced
@@ -210,11 +198,7 @@ func (ch *chaos) resumedOffOld(ctx context.Context, old string, t0 time.Time) er
 func (ch *chaos) waitOut(ctx context.Context, old string) error {
 	wctx, cancel := ch.wait(ctx)
 	defer cancel()
-	_, err := ch.r.WaitBackends(wctx, old+" fenced", func(bs []Backend) bool {
-		b, _ := Find(bs, old)
-		return b.State == "fenced" || (b.Role == "replica" && b.State == "up")
-	})
-	return err
+	return ch.r.waitFenced(wctx, old, true)
 }
 
 // rejoinFenced rejoins every fenced node as a replica of the writer.
@@ -231,7 +215,10 @@ func (ch *chaos) rejoinFenced(ctx context.Context) error {
 			continue
 		}
 		ch.say("rejoining %s as a replica of %s", b.Member, w)
-		if err := ch.r.Rejoin(ctx, b.Member, w); err != nil {
+		wctx, cancel := ch.wait(ctx)
+		err := ch.r.rejoinReplica(wctx, b.Member, w)
+		cancel()
+		if err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,6 @@
 // Package lab builds xlb's lab on one Linux host out of network namespaces:
 // a bridge namespace and one namespace per host (PostgreSQL nodes, LB nodes,
-// client), each joined to the bridge by a veth pair. It serves `xlb lab` and
+// client), each joined to the bridge by a veth pair. It serves `xlb-lab` and
 // the tests, which use a per-run name prefix so they never meet a running lab.
 //
 // NewTopology builds the namespaces and links, Topology.Close removes them;
@@ -41,6 +41,6 @@
 // bridge-side peer (Node.Peer, in the sw namespace) has an XDP program too;
 // NewTopology leaves attaching one (loader.AttachPass) to its caller; Up
 // attaches and pins one under /sys/fs/bpf/<prefix>lab so it outlives
-// `xlb lab up`, and keeps its state (PIDs, configs, logs) in
+// `xlb-lab up`, and keeps its state (PIDs, configs, logs) in
 // /run/xlb-lab/<prefix>.
 package lab

@@ -34,14 +34,7 @@ const (
 var Faults = []Fault{FaultKill, FaultStop, FaultPartition}
 
 // ParseFault returns the Fault named s, or an error listing the names.
-func ParseFault(s string) (Fault, error) {
-	for _, f := range Faults {
-		if string(f) == s {
-			return f, nil
-		}
-	}
-	return "", fmt.Errorf("fault %q: want kill, stop or partition", s)
-}
+func ParseFault(s string) (Fault, error) { return parseKind("fault", s, Faults) }
 
 // Inject does f to the PostgreSQL host host and returns the time it did
 // it: just before the signal (kill, stop) or the interface change

@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Running is a lab that Up started, in this process or another (`xlb lab
+// Running is a lab that Up started, in this process or another (`xlb-lab
 // up`), found by its prefix through the state file: the namespaces of its
 // hosts, the directories of its clusters and the control socket of its
 // first daemon. Drill and the failover tests act on the lab through it.
@@ -42,14 +42,14 @@ func Open(prefix string) (*Running, error) {
 	}
 	st, err := readState(prefix)
 	if err != nil {
-		return nil, fmt.Errorf("opening lab %s (is it up? xlb lab up): %w", prefix, err)
+		return nil, fmt.Errorf("opening lab %s (is it up? xlb-lab up): %w", prefix, err)
 	}
 	if len(st.Daemons) == 0 {
 		return nil, fmt.Errorf("opening lab %s: it runs no xlb daemon", prefix)
 	}
 	for _, ns := range st.Namespaces {
 		if !NamespaceExists(ns) {
-			return nil, fmt.Errorf("opening lab %s: namespace %s is gone (xlb lab down, then up)", prefix, ns)
+			return nil, fmt.Errorf("opening lab %s: namespace %s is gone (xlb-lab down, then up)", prefix, ns)
 		}
 	}
 	secrets, err := ReadSecrets(prefix)

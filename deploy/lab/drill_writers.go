@@ -284,20 +284,7 @@ func (w *Clients) Errors() map[string]int {
 // after and satisfies ok (nil: any), and returns the earliest such one
 // seen. It returns an error when ctx ends first.
 func (w *Clients) WaitAck(ctx context.Context, after time.Time, ok func(Ack) bool) (Ack, error) {
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	from := 0
-	for {
-		if a, found := firstAck(w.since(&from), after, ok); found {
-			return a, nil
-		}
-		select {
-		case <-ctx.Done():
-			return Ack{}, fmt.Errorf("waiting for an acknowledged INSERT after %s: %w (%d acknowledged in all)",
-				after.Format("15:04:05.000"), ctx.Err(), from)
-		case <-tick.C:
-		}
-	}
+	return waitAcks(ctx, after, ok, w)
 }
 
 // since returns the acknowledgements from the *from'th on and moves

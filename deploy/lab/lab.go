@@ -9,7 +9,7 @@ import (
 // The passwords are made per lab (Secrets); they travel in PGPASSWORD or
 // password files, never in argv.
 const (
-	Prefix       = "xlb-" // namespace prefix of `xlb lab up`
+	Prefix       = "xlb-" // namespace prefix of `xlb-lab up`
 	Database     = "ramos-test-db"
 	User         = "ramos"
 	PostgresPort = 5432

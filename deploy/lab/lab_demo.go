@@ -32,7 +32,7 @@ func Demo(ctx context.Context, prefix string, w io.Writer) error {
 	}
 	st, err := readState(prefix)
 	if err != nil {
-		return fmt.Errorf("running the demo: lab %s is not up (xlb lab up): %w", prefix, err)
+		return fmt.Errorf("running the demo: lab %s is not up (xlb-lab up): %w", prefix, err)
 	}
 	client := &Namespace{Name: prefix + "client"}
 	if !NamespaceExists(client.Name) {
@@ -51,7 +51,7 @@ func Demo(ctx context.Context, prefix string, w io.Writer) error {
 	}
 	// A SELECT around the INSERT, so psql prints the row and no status.
 	row, err := Query(ctx, client, rw, "WITH ins AS (INSERT INTO test_replication (data) "+
-		"VALUES ('written through the VIP by xlb lab demo') RETURNING id) SELECT id, inet_server_addr() FROM ins")
+		"VALUES ('written through the VIP by xlb-lab demo') RETURNING id) SELECT id, inet_server_addr() FROM ins")
 	if err != nil {
 		return fmt.Errorf("inserting through VIP:%d: %w", PortRW, err)
 	}
@@ -153,7 +153,7 @@ func ExecCommand(ctx context.Context, prefix, host string, argv []string) (*exec
 	}
 	ns := &Namespace{Name: prefix + host}
 	if !NamespaceExists(ns.Name) {
-		return nil, fmt.Errorf("exec: namespace %s does not exist (is the lab up? xlb lab up)", ns.Name)
+		return nil, fmt.Errorf("exec: namespace %s does not exist (is the lab up? xlb-lab up)", ns.Name)
 	}
 	secrets, err := ReadSecrets(prefix)
 	if err != nil {

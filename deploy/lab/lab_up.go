@@ -404,7 +404,7 @@ func (u *upper) writeDaemonConfig(n *Node, cfgPath, socket string) error {
 		return fmt.Errorf("writing admin password file: %w", err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# xlb on %s of lab %q, written by xlb lab up (see deploy/xlb.example.yaml).\n", n.Name, u.opts.Prefix)
+	fmt.Fprintf(&b, "# xlb on %s of lab %q, written by xlb-lab up (see deploy/xlb.example.yaml).\n", n.Name, u.opts.Prefix)
 	fmt.Fprintf(&b, "interface: %s\nxdp_mode: %s\nvip: %v\nnode_address: %v\n", HostIf, u.opts.XDPMode, VIP, n.Addr.Addr())
 	fmt.Fprintf(&b, "ports:\n  rw: %d\n  ro: %d\nsnat_ports: 20000-29999\n", PortRW, PortRO)
 	fmt.Fprintf(&b, "pin_path: %s\nsocket: %s\nstate_file: %s\n", DaemonPinDir(u.opts.Prefix, n.Name), socket,
@@ -563,7 +563,7 @@ func checkNotUp(prefix string) error {
 		}
 	}
 	if len(found) > 0 {
-		return fmt.Errorf("%w: %s (run xlb lab down --prefix %s first)", ErrAlreadyUp, strings.Join(found, ", "), prefix)
+		return fmt.Errorf("%w: %s (run xlb-lab down --prefix %s first)", ErrAlreadyUp, strings.Join(found, ", "), prefix)
 	}
 	return nil
 }

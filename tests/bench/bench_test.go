@@ -236,7 +236,7 @@ func TestHAProxyConfig(t *testing.T) {
 func TestHAProxyConfigValid(t *testing.T) {
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		if os.Getenv("XLB_REQUIRE_PRIVILEGED") == "1" {
-			t.Fatal("haproxy not installed; .ci/run installs it")
+			t.Fatal("haproxy not installed; make bench installs it: deploy/lab/lab-deps.sh bench")
 		}
 		t.Skip("haproxy not installed (Debian package haproxy; make bench installs it)")
 	}

@@ -18,7 +18,7 @@
 //
 // # Needs
 //
-// Root, the lab's packages (deploy/lab/lab-deps.sh) and haproxy; `make
+// Root, the lab's packages and haproxy (deploy/lab/lab-deps.sh bench); `make
 // bench` installs what is missing. The lab is torn down when the bench
 // ends, fails or is interrupted (SIGINT, SIGTERM); haproxy is stopped by
 // its PID. BPF run-time stats are on only while the bench runs

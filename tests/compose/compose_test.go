@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -481,13 +482,14 @@ type stream struct {
 	mu      sync.Mutex
 	buf     bytes.Buffer
 	lines   []string
-	done    chan error
+	done    chan error    // the command's Wait result
+	read    chan struct{} // closed when the reader has seen EOF: every line is in lines
 }
 
 func startStream(t *testing.T, l *composeLab, service, script string) *stream {
 	t.Helper()
 	args := append(append(slices.Clone(l.compose[1:]), "-f", filepath.Join(l.dir, "docker-compose.yml")), "exec", "-T", service, "sh", "-c", script)
-	s := &stream{cmd: exec.Command(l.compose[0], args...), done: make(chan error, 1)}
+	s := &stream{cmd: exec.Command(l.compose[0], args...), done: make(chan error, 1), read: make(chan struct{})}
 	s.cmd.Dir, s.cmd.Env = l.dir, l.env
 	r, w := io.Pipe()
 	s.cmd.Stdout, s.cmd.Stderr = w, w
@@ -496,6 +498,7 @@ func startStream(t *testing.T, l *composeLab, service, script string) *stream {
 	}
 	s.started = time.Now()
 	go func() {
+		defer close(s.read)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			s.mu.Lock()
@@ -503,6 +506,9 @@ func startStream(t *testing.T, l *composeLab, service, script string) *stream {
 			s.buf.WriteString(sc.Text() + "\n")
 			s.mu.Unlock()
 		}
+		// A line too long for the scanner ends it: drain the pipe, so the
+		// command's writes never block and EOF is still seen.
+		io.Copy(io.Discard, r)
 	}()
 	go func() { err := s.cmd.Wait(); w.Close(); s.done <- err }()
 	t.Cleanup(func() {
@@ -534,13 +540,21 @@ func (s *stream) output() string {
 	return s.buf.String()
 }
 
-// wait waits for the command to end and returns its output.
+// wait waits for the command to end and for its output to be read to
+// EOF, both within timeout, and returns the output.
 func (s *stream) wait(timeout time.Duration) (string, error) {
+	deadline := time.After(timeout)
 	select {
 	case err := <-s.done:
-		time.Sleep(0) // the reader has seen EOF once Wait returned and the pipe closed
-		return s.output(), err
-	case <-time.After(timeout):
+		// Wait returned and closed the pipe's writer; the reader gets the
+		// rest of the output and EOF, and closes read.
+		select {
+		case <-s.read:
+			return s.output(), err
+		case <-deadline:
+			return s.output(), errors.Join(err, fmt.Errorf("output not read to its end within %v of the start of the wait", timeout))
+		}
+	case <-deadline:
 		s.cmd.Process.Kill()
 		return s.output(), fmt.Errorf("still running after %v", timeout)
 	}

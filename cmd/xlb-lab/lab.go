@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -20,79 +21,112 @@ import (
 
 var labPrefixFlag = &cli.StringFlag{Name: "prefix", Value: lab.Prefix, Usage: "name prefix of the lab's namespaces, pins and sockets"}
 
-// labCommand runs the lab of DESIGN.md on this host: network namespaces
-// joined by a bridge, PostgreSQL 15 primary and two replicas, xlb on lb1.
-var labCommand = &cli.Command{
-	Name:  "lab",
-	Usage: "run the network-namespace lab (PostgreSQL primary + 2 replicas, xlb on lb1) on this host; needs root",
-	Subcommands: []*cli.Command{
-		{
-			Name:  "up",
-			Usage: "build the lab and start xlb on lb1; it keeps running after this command (xlb lab down removes it)",
-			Flags: []cli.Flag{
-				labPrefixFlag,
-				&cli.StringFlag{Name: "xdp-mode", Value: "auto", Usage: "how lb1's daemon attaches XDP: auto, native or generic"},
-				&cli.IntFlag{Name: "lbs", Value: 1, Usage: "LB hosts: 1 (lb1 holds the VIP), or 2 (xlb on lb1 and lb2, VRRP elects the VIP's owner: lb1 priority 150, lb2 100)"},
-				&cli.BoolFlag{Name: "no-preempt", Usage: "with --lbs 2: VRRP without preemption (a returning lb1 stays backup)"},
-				&cli.BoolFlag{Name: "demo", Usage: "run the demo once the lab is up"},
-				&cli.BoolFlag{Name: "synchronous", Usage: "run lb1's daemon in synchronous mode (no acknowledged commit lost on failover)"},
-			},
-			Action: labUp,
+var xlbFlag = &cli.StringFlag{Name: "xlb", Usage: "the xlb binary the lab's daemons run (default: xlb beside xlb-lab, else on PATH)", EnvVars: []string{"XLB_BINARY"}}
+
+// labCommands run the lab on this host: network namespaces
+// joined by a bridge, PostgreSQL 15 primary and two replicas, xlb on lb1
+// (and lb2).
+var labCommands = []*cli.Command{
+	{
+		Name:  "up",
+		Usage: "build the lab and start xlb on lb1; it keeps running after this command (xlb-lab down removes it)",
+		Flags: []cli.Flag{
+			labPrefixFlag,
+			xlbFlag,
+			&cli.StringFlag{Name: "xdp-mode", Value: "auto", Usage: "how lb1's daemon attaches XDP: auto, native or generic"},
+			&cli.IntFlag{Name: "lbs", Value: 1, Usage: "LB hosts: 1 (lb1 holds the VIP), or 2 (xlb on lb1 and lb2, VRRP elects the VIP's owner: lb1 priority 150, lb2 100)"},
+			&cli.BoolFlag{Name: "no-preempt", Usage: "with --lbs 2: VRRP without preemption (a returning lb1 stays backup)"},
+			&cli.BoolFlag{Name: "demo", Usage: "run the demo once the lab is up"},
+			&cli.BoolFlag{Name: "synchronous", Usage: "run lb1's daemon in synchronous mode (no acknowledged commit lost on failover)"},
 		},
-		{
-			Name:   "down",
-			Usage:  "stop everything the lab started and remove its namespaces, pins, sockets and state (idempotent)",
-			Flags:  []cli.Flag{labPrefixFlag},
-			Action: func(c *cli.Context) error { return lab.Down(c.String("prefix"), c.App.Writer) },
+		Action: labUp,
+	},
+	{
+		Name:   "down",
+		Usage:  "stop everything the lab started and remove its namespaces, pins, sockets and state (idempotent)",
+		Flags:  []cli.Flag{labPrefixFlag},
+		Action: func(c *cli.Context) error { return lab.Down(c.String("prefix"), c.App.Writer) },
+	},
+	{
+		Name:   "status",
+		Usage:  "show what exists of the lab: namespaces, processes, pins, sockets",
+		Flags:  []cli.Flag{labPrefixFlag, jsonFlag},
+		Action: labStatus,
+	},
+	{
+		Name:      "exec",
+		Usage:     "run a command in a lab host's namespace with the lab's PGPASSWORD, PGUSER, PGDATABASE set",
+		ArgsUsage: "HOST -- COMMAND [ARG...]   (e.g. client -- psql -h 172.20.0.100 -p 3000 -U ramos ramos-test-db)",
+		Flags:     []cli.Flag{labPrefixFlag},
+		Action:    labExec,
+	},
+	{
+		Name:  "drill",
+		Usage: "failover drill under write load: fault the primary, measure the outage, count lost commits and writes to the fenced old primary, rejoin it",
+		Description: "Each trial: writers in the client namespace insert through VIP:3000; the fault hits the primary " +
+			"(kill: SIGKILL to the postmaster; stop: pg_ctl stop -m immediate; partition: its eth0 down); the outage " +
+			"runs to the first INSERT the new primary acknowledges. Then the old primary comes back, must be fenced, " +
+			"and rejoins as a replica (xlb pg rejoin). Exit status 1 when a commit was lost or a write reached a fenced primary.",
+		Flags: []cli.Flag{
+			labPrefixFlag,
+			&cli.StringFlag{Name: "fault", Value: string(lab.FaultKill), Usage: "kill, stop or partition"},
+			&cli.IntFlag{Name: "trials", Value: 3, Usage: "failovers to run, one after another"},
+			&cli.IntFlag{Name: "clients", Value: 4, Usage: "writers inserting through VIP:3000"},
+			&cli.DurationFlag{Name: "load", Value: time.Second, Usage: "load before the fault, after writes resume, and after fencing"},
+			jsonFlag,
 		},
-		{
-			Name:   "status",
-			Usage:  "show what exists of the lab: namespaces, processes, pins, sockets",
-			Flags:  []cli.Flag{labPrefixFlag, jsonFlag},
-			Action: labStatus,
-		},
-		{
-			Name:      "exec",
-			Usage:     "run a command in a lab host's namespace with the lab's PGPASSWORD, PGUSER, PGDATABASE set",
-			ArgsUsage: "HOST -- COMMAND [ARG...]   (e.g. client -- psql -h 172.20.0.100 -p 3000 -U ramos ramos-test-db)",
-			Flags:     []cli.Flag{labPrefixFlag},
-			Action:    labExec,
-		},
-		{
-			Name:  "drill",
-			Usage: "failover drill under write load: fault the primary, measure the outage, count lost commits and writes to the fenced old primary, rejoin it",
-			Description: "Each trial: writers in the client namespace insert through VIP:3000; the fault hits the primary " +
-				"(kill: SIGKILL to the postmaster; stop: pg_ctl stop -m immediate; partition: its eth0 down); the outage " +
-				"runs to the first INSERT the new primary acknowledges. Then the old primary comes back, must be fenced, " +
-				"and rejoins as a replica (xlb pg rejoin). Exit status 1 when a commit was lost or a write reached a fenced primary.",
-			Flags: []cli.Flag{
-				labPrefixFlag,
-				&cli.StringFlag{Name: "fault", Value: string(lab.FaultKill), Usage: "kill, stop or partition"},
-				&cli.IntFlag{Name: "trials", Value: 3, Usage: "failovers to run, one after another"},
-				&cli.IntFlag{Name: "clients", Value: 4, Usage: "writers inserting through VIP:3000"},
-				&cli.DurationFlag{Name: "load", Value: time.Second, Usage: "load before the fault, after writes resume, and after fencing"},
-				jsonFlag,
-			},
-			Action: labDrill,
-		},
-		labChaosCommand,
-		{
-			Name:  "demo",
-			Usage: "write through VIP:3000, read back and spread reads through VIP:3001, show xlb backends",
-			Flags: []cli.Flag{labPrefixFlag},
-			Action: func(c *cli.Context) error {
-				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-				defer stop()
-				return lab.Demo(ctx, c.String("prefix"), c.App.Writer)
-			},
+		Action: labDrill,
+	},
+	labChaosCommand,
+	{
+		Name:  "demo",
+		Usage: "write through VIP:3000, read back and spread reads through VIP:3001, show xlb backends",
+		Flags: []cli.Flag{labPrefixFlag},
+		Action: func(c *cli.Context) error {
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return lab.Demo(ctx, c.String("prefix"), c.App.Writer)
 		},
 	},
 }
 
-func labUp(c *cli.Context) error {
+// xlbBinary returns the absolute path of the xlb binary the lab's daemons
+// run: --xlb when given, else xlb in the directory of this executable
+// (bin/xlb beside bin/xlb-lab after make lab), else xlb on PATH.
+func xlbBinary(c *cli.Context) (string, error) {
+	if p := c.String("xlb"); p != "" {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", &usageError{Field: "--xlb", Err: err}
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return "", &usageError{Field: "--xlb", Err: err}
+		}
+		return abs, nil
+	}
 	self, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("finding the xlb binary: %w", err)
+		return "", fmt.Errorf("finding the xlb-lab binary: %w", err)
+	}
+	beside := filepath.Join(filepath.Dir(self), "xlb")
+	if fi, err := os.Stat(beside); err == nil && !fi.IsDir() {
+		return beside, nil
+	}
+	p, err := exec.LookPath("xlb")
+	if err != nil {
+		return "", fmt.Errorf("finding the xlb binary: none at %s nor on PATH (make build, or --xlb): %w", beside, err)
+	}
+	return filepath.Abs(p)
+}
+
+func labUp(c *cli.Context) error {
+	xlb, err := xlbBinary(c)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding the xlb-lab binary: %w", err)
 	}
 	prefix := c.String("prefix")
 	// Ctrl-C or SIGTERM while building: Up stops and tears down.
@@ -101,7 +135,7 @@ func labUp(c *cli.Context) error {
 	w := c.App.Writer
 	if _, err := lab.Up(ctx, lab.Options{
 		Prefix:      prefix,
-		Binary:      self,
+		Binary:      xlb,
 		XDPMode:     c.String("xdp-mode"),
 		LBs:         c.Int("lbs"),
 		NoPreempt:   c.Bool("no-preempt"),
@@ -120,22 +154,22 @@ func labUp(c *cli.Context) error {
 		}
 	}
 	fmt.Fprintf(w, "\nThe lab keeps running. Try:\n")
-	fmt.Fprintf(w, "  %s lab exec%s client -- psql -h %v -p %d -U %s %s\n", self, pf, lab.VIP, lab.PortRW, lab.User, lab.Database)
-	fmt.Fprintf(w, "  %s backends --socket %s\n", self, lab.Socket(prefix, "lb1"))
+	fmt.Fprintf(w, "  %s exec%s client -- psql -h %v -p %d -U %s %s\n", self, pf, lab.VIP, lab.PortRW, lab.User, lab.Database)
+	fmt.Fprintf(w, "  %s backends --socket %s\n", xlb, lab.Socket(prefix, "lb1"))
 	if c.Int("lbs") > 1 {
-		fmt.Fprintf(w, "  %s status --socket %s   (VRRP: lb2's view)\n", self, lab.Socket(prefix, "lb2"))
+		fmt.Fprintf(w, "  %s status --socket %s   (VRRP: lb2's view)\n", xlb, lab.Socket(prefix, "lb2"))
 	}
-	fmt.Fprintf(w, "  %s lab down%s\n", self, pf)
+	fmt.Fprintf(w, "  %s down%s\n", self, pf)
 	return nil
 }
 
 func labDrill(c *cli.Context) error {
 	fault, err := lab.ParseFault(c.String("fault"))
 	if err != nil {
-		return &ConfigError{Field: "--fault", Err: err}
+		return &usageError{Field: "--fault", Err: err}
 	}
 	if c.NArg() > 0 {
-		return &ConfigError{Field: "arguments", Err: fmt.Errorf("unexpected %q: xlb lab drill takes flags only", c.Args().First())}
+		return &usageError{Field: "arguments", Err: fmt.Errorf("unexpected %q: xlb-lab drill takes flags only", c.Args().First())}
 	}
 	ctx, stop, progress := labRunContext(c)
 	defer stop()
@@ -179,9 +213,9 @@ func printLabStatus(w io.Writer, inv *lab.Inventory) {
 	case inv.Up:
 		fmt.Fprintf(w, "lab %s: up since %s (state in %s)\n", inv.Prefix, inv.Created.Local().Format("2006-01-02 15:04:05"), inv.StateDir)
 	case inv.Recorded:
-		fmt.Fprintf(w, "lab %s: degraded, something it started is gone (state in %s); xlb lab down cleans up\n", inv.Prefix, inv.StateDir)
+		fmt.Fprintf(w, "lab %s: degraded, something it started is gone (state in %s); xlb-lab down cleans up\n", inv.Prefix, inv.StateDir)
 	default:
-		fmt.Fprintf(w, "lab %s: leftovers without a state file; xlb lab down cleans up\n", inv.Prefix)
+		fmt.Fprintf(w, "lab %s: leftovers without a state file; xlb-lab down cleans up\n", inv.Prefix)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nNAMESPACE\tPROCESSES")
@@ -209,7 +243,7 @@ func printLabStatus(w io.Writer, inv *lab.Inventory) {
 	}
 }
 
-// labExec runs `xlb lab exec HOST -- COMMAND…` and exits with the
+// labExec runs `xlb-lab exec HOST -- COMMAND…` and exits with the
 // command's exit code.
 func labExec(c *cli.Context) error {
 	args := c.Args().Slice()
@@ -217,14 +251,14 @@ func labExec(c *cli.Context) error {
 		args = args[1:]
 	}
 	if len(args) < 2 {
-		return errors.New("usage: xlb lab exec [--prefix P] HOST -- COMMAND [ARG...]")
+		return errors.New("usage: xlb-lab exec [--prefix P] HOST -- COMMAND [ARG...]")
 	}
 	host, argv := args[0], args[1:]
 	if argv[0] == "--" {
 		argv = argv[1:]
 	}
 	if len(argv) == 0 {
-		return errors.New("usage: xlb lab exec [--prefix P] HOST -- COMMAND [ARG...]")
+		return errors.New("usage: xlb-lab exec [--prefix P] HOST -- COMMAND [ARG...]")
 	}
 	err := lab.Exec(c.Context, c.String("prefix"), host, argv)
 	var ee *exec.ExitError
@@ -238,23 +272,11 @@ func labExec(c *cli.Context) error {
 	return err
 }
 
-// labSocket returns the control socket of the LB host lb in the lab named
-// by prefix (for --lab); it warns on stderr when lb is no lab host.
-func labSocket(c *cli.Context, prefix, lb string) string {
-	if _, err := lab.LabHosts(lb); err != nil {
-		fmt.Fprintf(c.App.ErrWriter, "xlb: --lab %s: %v\n", lb, err)
-	}
-	return lab.Socket(prefix, lb)
-}
-
-// defaultLabSocket is lb1's control socket in the lab `make lab` builds.
-func defaultLabSocket() string { return lab.Socket(lab.Prefix, "lb1") }
-
-// labChaosCommand is `xlb lab chaos`: random faults on a running lab with
+// labChaosCommand is `xlb-lab chaos`: random faults on a running lab with
 // two LB hosts while naive and careful clients write and read.
 var labChaosCommand = &cli.Command{
 	Name:  "chaos",
-	Usage: "random faults on a running two-LB lab (xlb lab up --lbs 2) under naive and careful clients; check outage, lost commits, hung clients, split writes, stale reads",
+	Usage: "random faults on a running two-LB lab (xlb-lab up --lbs 2) under naive and careful clients; check outage, lost commits, hung clients, split writes, stale reads",
 	Description: "Each cycle waits for a steady cluster, injects one fault (kill, stop or partition of the primary; " +
 		"SIGKILL of xlb on the VIP owner; the VIP owner's link down; VRRP cut between the LB hosts plus a primary kill; " +
 		"switchover; switchover whose CLI is interrupted; replica kill), waits for writes to resume, undoes the fault " +
@@ -276,13 +298,13 @@ var labChaosCommand = &cli.Command{
 
 func labChaos(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return &ConfigError{Field: "arguments", Err: fmt.Errorf("unexpected %q: xlb lab chaos takes flags only", c.Args().First())}
+		return &usageError{Field: "arguments", Err: fmt.Errorf("unexpected %q: xlb-lab chaos takes flags only", c.Args().First())}
 	}
 	var faults []lab.ChaosFault
 	for _, s := range c.StringSlice("faults") {
 		f, err := lab.ParseChaosFault(s)
 		if err != nil {
-			return &ConfigError{Field: "--faults", Err: err}
+			return &usageError{Field: "--faults", Err: err}
 		}
 		faults = append(faults, f)
 	}
