@@ -4,9 +4,11 @@ BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
 # DEPS installs the Debian packages a target needs when missing (one list for
 # every target and .ci/run; fast when all are present): $(DEPS) GROUP.
 DEPS := sh deploy/lab/lab-deps.sh
-# RACE_PKGS: packages whose tests make test also runs under the race detector
-# (go test -race), in addition to the plain run.
-RACE_PKGS := ./cmd/xlb-lab
+# RACE_PKGS: packages whose tests make test runs under the race detector
+# (go test -race); every other package (the end-to-end tests/, whose daemons
+# are built without it) runs plainly. XLB_E2E_RACE=1 builds those daemons
+# with -race too (slower: keep it out of timing tests).
+RACE_PKGS := ./cmd/... ./control/... ./deploy/... ./health/ ./loader/ ./vip/
 
 .PHONY: all generate build lab-build test bench lab fuzz clean compose compose-base compose-down
 
@@ -40,8 +42,8 @@ test:
 		$(DEPS) --check test || echo "make test: not root: privileged tests skip, and what is missing stays missing" >&2; \
 	fi
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/tests/compose$$')
-	$(if $(RACE_PKGS),$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS))
+	$(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/tests/compose$$' | grep -v -x -F "$$($(GO) list $(RACE_PKGS))")
 	$(GO) test -count=1 -timeout 30m ./tests/compose/
 
 ## bench: as root: datapath benchmarks (Program.Run, ns/packet), then pgbench in a lab of its own,
