@@ -16,7 +16,7 @@ import (
 func TestGeneratedFresh(t *testing.T) {
 	if _, err := exec.LookPath("clang"); err != nil {
 		if os.Getenv("XLB_REQUIRE_PRIVILEGED") == "1" {
-			t.Fatal("clang is missing; .ci/run installs it")
+			t.Fatal("clang is missing; make test (or make generate) installs it: deploy/lab/lab-deps.sh")
 		}
 		t.Skip("clang is missing")
 	}

@@ -56,7 +56,7 @@ func TestSYNFloodLab(t *testing.T) {
 	lab.RequirePrivileged(t)
 	hping, err := exec.LookPath("hping3")
 	if err != nil {
-		t.Fatalf("hping3 is missing (.ci/run installs it): %v", err)
+		t.Fatalf("hping3 is missing (make test installs it: deploy/lab/lab-deps.sh test): %v", err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
@@ -295,7 +295,7 @@ func TestSYNFloodHeldSession(t *testing.T) {
 	hping, err := exec.LookPath("hping3")
 	if err != nil {
 		lab.RequirePrivileged(t)
-		t.Fatalf("hping3 is missing (.ci/run installs it): %v", err)
+		t.Fatalf("hping3 is missing (make test installs it: deploy/lab/lab-deps.sh test): %v", err)
 	}
 	r := upLab(t, lab.Options{XDPMode: string(loader.ModeAuto)})
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)

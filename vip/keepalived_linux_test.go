@@ -17,7 +17,7 @@ import (
 )
 
 // requireTool skips t when the program name is not installed, or fails it
-// under XLB_REQUIRE_PRIVILEGED=1 (CI), where .ci/run installs it.
+// under XLB_REQUIRE_PRIVILEGED=1 (CI), where make test installs it (deploy/lab/lab-deps.sh).
 func requireTool(t *testing.T, name, pkg string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err == nil {

@@ -236,7 +236,7 @@ func requireTool(t testing.TB, name string) string {
 		return p
 	}
 	if os.Getenv("XLB_REQUIRE_PRIVILEGED") == "1" {
-		t.Fatalf("%s not found (CI installs it: .ci/run)", name)
+		t.Fatalf("%s not found (make test installs it: deploy/lab/lab-deps.sh test)", name)
 	}
 	t.Skipf("%s not found", name)
 	return ""
