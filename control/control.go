@@ -106,8 +106,14 @@ func (c cut) String() string {
 
 // Config holds the controller's rules.
 type Config struct {
-	Fall         int           // failed probes to go down; default 3
-	Rise         int           // good probes to come up; default 2
+	Fall int // failed probes to go down; default 3
+	Rise int // good probes to come up; default 2
+	// FloodGrace bounds how long timed-out probes of a node that the
+	// datapath sees answer through a SYN flood (Options.Answering) are
+	// forgiven, counted from its last good probe: past it they count
+	// again, so a PostgreSQL that hangs during a flood (its kernel still
+	// answers the flood's SYNs) is taken down after all. Default 30 s.
+	FloodGrace   time.Duration
 	MaxReadLag   time.Duration // replicas further behind take no reads; 0 = no limit
 	ReadFallback bool          // reads go to the primary when no replica can take them
 	// Failover promotes a replica when the primary is down.
@@ -275,6 +281,9 @@ type Event struct {
 
 // New returns a controller for nodes with the outputs in o.
 func New(cfg Config, nodes []Node, o Options) *Controller {
+	if cfg.FloodGrace <= 0 {
+		cfg.FloodGrace = 30 * time.Second
+	}
 	if cfg.Fall <= 0 {
 		cfg.Fall = 3
 	}
@@ -369,9 +378,12 @@ func timedOut(err error) bool {
 func (c *Controller) update(m *Member, o Observation) {
 	m.LastCheck = o.Time
 	if o.Err != nil && m.Health == HealthUp && timedOut(o.Err) &&
+		o.Time.Sub(m.seenAt) < c.cfg.FloodGrace &&
 		c.o.Answering != nil && c.o.Answering(m.Addr) {
 		// Timed out, but the datapath sees it answer through a flood:
-		// the probe's packets were lost here, not at the node.
+		// the probe's packets were lost here, not at the node. For
+		// FloodGrace at most: its kernel answers the flood's SYNs even
+		// when PostgreSQL hangs.
 		m.LastError = o.Err.Error()
 		slog.Debug("probe timed out under a flood; the node still answers its clients", "node", m.Name, "err", o.Err)
 		return

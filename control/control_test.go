@@ -340,16 +340,22 @@ func TestTimeoutsUnderFlood(t *testing.T) {
 		{"dial timeout, node answers through the flood", dial, true, false},
 		{"query timeout, no flood or no answer", deadline, false, true},
 		{"refused, node answers", refused, true, true},
+		{"query timeouts past the flood grace, node answers", deadline, true, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			fd := &fakeDatapath{}
 			var asked []netip.AddrPort
-			c := New(Config{}, []Node{pg1, pg2, pg3}, Options{Datapath: fd,
+			c := New(Config{FloodGrace: 10 * time.Second}, []Node{pg1, pg2, pg3}, Options{Datapath: fd,
 				Answering: func(b netip.AddrPort) bool { asked = append(asked, b); return tt.answering }})
-			obs := []Observation{{Node: "pg1", Timeline: 1}, {Node: "pg2", InRecovery: true, Timeline: 1},
-				{Node: "pg3", InRecovery: true, Timeline: 1}}
-			for range 5 {
-				obs = append(obs, Observation{Node: "pg1", Err: tt.err})
+			t0 := time.Unix(1000, 0)
+			obs := []Observation{{Node: "pg1", Timeline: 1, Time: t0}, {Node: "pg2", InRecovery: true, Timeline: 1, Time: t0},
+				{Node: "pg3", InRecovery: true, Timeline: 1, Time: t0}}
+			step := time.Second // 5 timeouts within the 10 s grace
+			if strings.Contains(tt.name, "past the flood grace") {
+				step = 4 * time.Second // the 3rd, 4th and 5th come 12, 16 and 20 s after the last good probe
+			}
+			for i := range 5 {
+				obs = append(obs, Observation{Node: "pg1", Err: tt.err, Time: t0.Add(time.Duration(i+1) * step)})
 			}
 			for _, o := range obs {
 				if err := c.Observe(o); err != nil {

@@ -88,6 +88,9 @@ func (c *Controller) ReconfigureWith(cfg Config, nodes []Node, commit func() err
 	if cfg.WitnessInterval <= 0 {
 		cfg.WitnessInterval = c.cfg.WitnessInterval
 	}
+	if cfg.FloodGrace <= 0 {
+		cfg.FloodGrace = c.cfg.FloodGrace
+	}
 	c.cfg = cfg
 	c.members = members
 	// A removed node's address is in no decision now: apply cuts it.

@@ -95,6 +95,9 @@ type ProbeConfig struct {
 	Timeout  Duration `yaml:"timeout"`
 	Fall     int      `yaml:"fall"`
 	Rise     int      `yaml:"rise"`
+	// FloodGrace: how long timed-out probes of a node that still answers
+	// its clients through a SYN flood are forgiven (control.Config).
+	FloodGrace Duration `yaml:"flood_grace"`
 }
 
 // VRRPConfig is the VIP election between LB nodes (VRRPv3).
@@ -246,6 +249,9 @@ func (c *Config) setDefaults() {
 	if c.Probe.Rise == 0 {
 		c.Probe.Rise = 2
 	}
+	if c.Probe.FloodGrace == 0 {
+		c.Probe.FloodGrace = Duration(30 * time.Second)
+	}
 	if c.MaxReadLag == nil {
 		d := Duration(30 * time.Second)
 		c.MaxReadLag = &d
@@ -343,6 +349,9 @@ func (c *Config) validate() error {
 	}
 	if c.Probe.Rise < 1 {
 		return fieldErr("probe.rise", "%d: want at least 1", c.Probe.Rise)
+	}
+	if c.Probe.FloodGrace < 0 {
+		return fieldErr("probe.flood_grace", "%v: negative", time.Duration(c.Probe.FloodGrace))
 	}
 	if *c.MaxReadLag < 0 {
 		return fieldErr("max_read_lag", "negative")

@@ -87,6 +87,7 @@ func changed(fields []field, a, b *Config) []string {
 // liveRules returns base with the rules that nc sets.
 func liveRules(base control.Config, nc *Config) control.Config {
 	base.Fall, base.Rise = nc.Probe.Fall, nc.Probe.Rise
+	base.FloodGrace = time.Duration(nc.Probe.FloodGrace)
 	base.MaxReadLag = time.Duration(*nc.MaxReadLag)
 	base.ReadFallback = *nc.ReadFallbackToPrimary
 	base.Failover = *nc.Failover

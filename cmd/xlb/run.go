@@ -193,6 +193,7 @@ func runDaemon(ctx context.Context, cfg *Config, password string, admin secrets,
 	waker := health.NewWaker()
 	ctlCfg := control.Config{
 		Fall:             cfg.Probe.Fall,
+		FloodGrace:       time.Duration(cfg.Probe.FloodGrace),
 		Rise:             cfg.Probe.Rise,
 		MaxReadLag:       time.Duration(*cfg.MaxReadLag),
 		ReadFallback:     *cfg.ReadFallbackToPrimary,
