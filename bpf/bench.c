@@ -49,10 +49,17 @@ int xlb_bench(struct xdp_md *ctx)
 	struct bench_pkt *p;
 
 	/* Reset the frame's length first: a program that grows or shrinks the
-	 * frame (a RST, an encapsulation) would otherwise drift every repeat. */
+	 * frame would otherwise drift every repeat. A frame that shrank (a RST
+	 * cut at the tail) is grown back at the tail; one that grew (an
+	 * encapsulation prepends its header) is cut back at the front, so that
+	 * its start returns to where the run began: cutting the tail instead
+	 * would leave the start 20 bytes earlier every repeat until the
+	 * headroom runs out. */
 	int delta = BENCH_PKT_LEN - (int)(data_end - data);
 
-	if (delta && bpf_xdp_adjust_tail(ctx, delta))
+	if (delta > 0 && bpf_xdp_adjust_tail(ctx, delta))
+		return XDP_ABORTED;
+	if (delta < 0 && bpf_xdp_adjust_head(ctx, -delta))
 		return XDP_ABORTED;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;

@@ -20,6 +20,10 @@ const BenchPacketLen = 74
 // would from the second run on see backend-bound traffic; the harness's own
 // program restores the input packet before every run (optionally with a new
 // client tuple, for new-flow runs) and tail-calls the program under test.
+// It also resets the frame's length, so a target may change it: a frame
+// that shrank is grown back at the tail, one that grew is cut back at the
+// front (an encapsulation prepends its header; cutting the tail would move
+// the frame's start into the headroom every repeat).
 // Measure the harness with NewPassProgram as the target for its floor.
 type BenchHarness struct {
 	objs xlbBenchObjects
