@@ -278,8 +278,8 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
  * or closed one probed: half-open by its owner word, which the
  * compare-and-swap that takes it expects (see XLB_OWNER_EST). The owner
  * word is the slot index << 32 | rnd, with XLB_CLAIM_PRESSURE set or
- * cleared by how the slot was taken and the xlb_snat_owner bits clear; a
- * slot that changes hands (XLB_OWNER_BUSY) is skipped. It
+ * cleared by how the slot was taken; a slot that changes hands
+ * (XLB_OWNER_BUSY) is skipped. It
  * returns that cookie, or 0 when every probed port holds a live flow (with
  * pressure: a live established flow). */
 static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 now,
@@ -298,7 +298,7 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 
 			break;
 		__u32 idx = base + off;
 		struct xlb_snat *s = snat_slot(idx);
-		__u64 cookie = ((__u64)idx << 32) | (rnd & ~(XLB_CLAIM_PRESSURE | XLB_OWNER_EST | XLB_OWNER_BUSY));
+		__u64 cookie = ((__u64)idx << 32) | (rnd & ~XLB_CLAIM_PRESSURE);
 
 		off += step;
 		if (off >= range)
@@ -331,7 +331,7 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 
 	if (!victim_owner)
 		return 0;
 	struct xlb_snat *s = snat_slot(victim);
-	__u64 cookie = ((__u64)victim << 32) | (rnd & ~(XLB_OWNER_EST | XLB_OWNER_BUSY)) | XLB_CLAIM_PRESSURE;
+	__u64 cookie = ((__u64)victim << 32) | rnd | XLB_CLAIM_PRESSURE;
 
 	if (s && snat_take(s, victim_owner, cookie, XLB_EXPIRE_PRESSURE, fk, svc, now))
 		return cookie;

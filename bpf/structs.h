@@ -120,8 +120,11 @@ enum xlb_ct_state : __u32 {
 	XLB_CT_RST = 16,	/* either side sent RST */
 };
 
-/* xlb_snat_owner are the bits of xlb_snat.owner beside its flow's cookie
- * (no cookie has them). */
+/* xlb_snat_owner numbers the bits of xlb_snat.owner beside its flow's
+ * cookie (bit numbers: BTF from clang 14 holds 32-bit enum values). They
+ * are the top two, above any slot index (snat_map holds at most 2^24
+ * slots, 256 backend ids times 2^16 ports), so no cookie has them, not
+ * even one of a build before them (an upgrade keeps its flows). */
 enum xlb_snat_owner : __u64 {
 	/* The flow is established: set with a compare-and-swap of the owner
 	 * word by the client's ACK before it is forwarded. The pressure
@@ -129,14 +132,17 @@ enum xlb_snat_owner : __u64 {
 	 * expects the word it judged, without this bit, so a flow that
 	 * becomes established meanwhile keeps its slot (its state bit
 	 * alone, in another word, could not make that compare fail). */
-	XLB_OWNER_EST = 1U << 30,
+	XLB_OWNER_EST_BIT = 62,
 	/* The slot changes hands: the claim that took it writes its other
 	 * words, then clears this. Nothing else swaps a word with this bit
 	 * or reads the other words as the owner's: a claim delayed between
 	 * its swap and its writes would otherwise write its client over the
 	 * next owner's, whose packets then find a stranger's slot. */
-	XLB_OWNER_BUSY = 1U << 29,
+	XLB_OWNER_BUSY_BIT = 63,
 };
+
+#define XLB_OWNER_EST (1ULL << XLB_OWNER_EST_BIT)
+#define XLB_OWNER_BUSY (1ULL << XLB_OWNER_BUSY_BIT)
 
 /* xlb_flow_cookie are the special values of xlb_flow.cookie. */
 enum xlb_flow_cookie : __u64 {

@@ -159,10 +159,14 @@ func (d *Datapath) releaseSlot(i uint32, cookie xlbXlbFlowCookie) (bool, error) 
 	return false, nil
 }
 
+// ownerEst is XLB_OWNER_EST, the bit of an established flow's owner word.
+const ownerEst = xlbXlbSnatOwner(1) << xlbXlbSnatOwnerXLB_OWNER_EST_BIT
+
 // ownerCookie returns the cookie of the flow that owner word names (an
-// established flow's has XLB_OWNER_EST beside it).
+// established flow's has XLB_OWNER_EST beside it; a slot changing hands
+// has XLB_OWNER_BUSY, and names no flow).
 func ownerCookie(o xlbXlbSnatOwner) xlbXlbFlowCookie {
-	return xlbXlbFlowCookie(o &^ xlbXlbSnatOwnerXLB_OWNER_EST)
+	return xlbXlbFlowCookie(o &^ ownerEst)
 }
 
 // owns reports whether slot s is the live slot of forward entry f: its
@@ -175,7 +179,7 @@ func owns(s *xlbXlbSnat, f *xlbXlbFlow) bool {
 // word's bit, or by its state bit alone (a flow of a build before the
 // owner's bit).
 func established(s *xlbXlbSnat) bool {
-	return s.Owner&xlbXlbSnatOwnerXLB_OWNER_EST != 0 || s.State&xlbXlbCtStateXLB_CT_EST != 0
+	return s.Owner&ownerEst != 0 || s.State&xlbXlbCtStateXLB_CT_EST != 0
 }
 
 // deleteFlow marks entry idx deleted if it still holds cookie (a

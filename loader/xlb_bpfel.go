@@ -173,8 +173,8 @@ type xlbXlbSnatCursor struct {
 type xlbXlbSnatOwner uint64
 
 const (
-	xlbXlbSnatOwnerXLB_OWNER_EST  xlbXlbSnatOwner = 1073741824
-	xlbXlbSnatOwnerXLB_OWNER_BUSY xlbXlbSnatOwner = 536870912
+	xlbXlbSnatOwnerXLB_OWNER_EST_BIT  xlbXlbSnatOwner = 62
+	xlbXlbSnatOwnerXLB_OWNER_BUSY_BIT xlbXlbSnatOwner = 63
 )
 
 type xlbXlbStatsSlot uint32
