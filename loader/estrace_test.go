@@ -219,3 +219,35 @@ func handshake(prog *ebpf.Program, ifindex uint32, backend netip.AddrPort, cport
 	_, _, err = run(clientPkt(cport, 3000, rst|ack, nil))
 	return err
 }
+
+// TestEstablishedOfOlderBuild: a flow established under a build before
+// XLB_OWNER_EST (its state says established, its owner word does not)
+// keeps its port through a flood, as it did then, and its next packet
+// sets the owner's bit.
+func TestEstablishedOfOlderBuild(t *testing.T) {
+	f := newFixture(t, loader.PortRange{Min: 20000, Max: 20015})
+	backend := ap(pg1, 5432)
+	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{backend}); err != nil {
+		t.Fatal(err)
+	}
+	_, snat := forward(t, f, clientPkt(30000, 3000, syn, nil))
+	establish(t, f, backend, 30000, snat)
+	c, v := ap(client, 30000), ap(vip, 3000)
+	had, err := f.dp.AsOlderBuild(c, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !had {
+		t.Fatal("the ACK left the owner word without XLB_OWNER_EST")
+	}
+	for p := range uint16(64) { // four times the range: pressure
+		forward(t, f, clientPkt(40000+p, 3000, syn, nil))
+	}
+	if _, p := forward(t, f, clientPkt(30000, 3000, ack|psh, []byte("select 1"))); p != snat {
+		t.Fatalf("the established flow moved from SNAT port %d to %d", snat, p)
+	}
+	reply(t, f, backend, snat, ack|psh, 30000)
+	if est, err := f.dp.OwnerEstablished(c, v); err != nil || !est {
+		t.Fatalf("after its next packet: owner established %v (%v), want true", est, err)
+	}
+}

@@ -118,3 +118,23 @@ func (d *Datapath) SNATSlot(b netip.AddrPort, port uint16) (string, error) {
 	return fmt.Sprintf("owner %#x client %v state %#x", uint64(s.Owner),
 		netip.AddrPortFrom(addrOf(s.ClientAddr), portOf(s.ClientPort)), uint32(s.State)), nil
 }
+
+// AsOlderBuild clears the owner word bits of the flow from c to v, as a
+// build before them left its slot (its state bits stay), and returns
+// whether the word had XLB_OWNER_EST.
+func (d *Datapath) AsOlderBuild(c, v netip.AddrPort) (bool, error) {
+	e, err := d.findEntry(c, v)
+	if err != nil {
+		return false, err
+	}
+	had := e.snat.Owner&ownerEst != 0
+	e.snat.Owner = xlbXlbSnatOwner(e.flow.Cookie)
+	return had, d.objs.SnatMap.Put(slotOf(e.flow.Cookie), &e.snat)
+}
+
+// OwnerEstablished reports whether the owner word of the flow from c to v
+// has XLB_OWNER_EST.
+func (d *Datapath) OwnerEstablished(c, v netip.AddrPort) (bool, error) {
+	e, err := d.findEntry(c, v)
+	return e.snat.Owner&ownerEst != 0, err
+}
