@@ -165,7 +165,7 @@ static __always_inline int icmp_to_snat(struct xdp_md *ctx, void *data_end, stru
 	struct xlb_flow_key fk = flow_key_of(s);
 	struct xlb_flow *f = flow_find(&fk, flow_hash(&fk));
 
-	if (!f || f->cookie != s->owner)
+	if (!f || f->cookie != owner_cookie(s->owner))
 		return XDP_PASS;
 	count_fwd(f->svc, *id, ctx->data_end - ctx->data, 0, 1);
 	icmp_rewrite(eth, ip, e, cfg_vip, fk.saddr, fk.saddr, fk.sport, cfg_vip, fk.dport, f->lmac,

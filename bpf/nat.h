@@ -52,17 +52,47 @@ static __always_inline int ct_closed(__u32 st)
 					    (XLB_CT_FIN_FWD | XLB_CT_FIN_REV);
 }
 
-/* ct_expired returns why s's flow has expired at now, or -1 while it lives. */
-static __always_inline int ct_expired(const struct xlb_snat *s, __u64 now)
+/* owner_cookie returns the cookie of the flow that owner word names. */
+static __always_inline __u64 owner_cookie(__u64 owner)
+{
+	return owner & ~(__u64)XLB_OWNER_EST;
+}
+
+/* ct_established reports whether the flow whose owner word was owner (read
+ * before s's state) is established: by the owner's bit, which the victim's
+ * compare-and-swap checks, or by the state bit alone for a flow of a build
+ * before that bit (it gets the owner's bit at its next packet). A flow
+ * judged half-open here keeps its slot if it becomes established before
+ * the compare-and-swap that expects owner. */
+static __always_inline int ct_established(const struct xlb_snat *s, __u64 owner)
+{
+	return (owner & XLB_OWNER_EST) || (s->state & XLB_CT_EST);
+}
+
+/* ct_expired returns why s's flow, whose owner word was owner, has expired
+ * at now, or -1 while it lives. */
+static __always_inline int ct_expired(const struct xlb_snat *s, __u64 owner, __u64 now)
 {
 	__u32 st = s->state;
 	__u64 idle = since(now, s->last_seen);
 
 	if (ct_closed(st))
 		return idle > cfg_closed_timeout_ns ? XLB_EXPIRE_CLOSED : -1;
-	if (!(st & XLB_CT_EST))
+	if (!(owner & XLB_OWNER_EST) && !(st & XLB_CT_EST))
 		return idle > cfg_half_open_timeout_ns ? XLB_EXPIRE_HALF_OPEN : -1;
 	return idle > cfg_idle_timeout_ns ? XLB_EXPIRE_IDLE : -1;
+}
+
+/* ct_establish marks s's flow cookie established in the owner word (after
+ * refreshing last_seen, so a claim that reads the bit reads a fresh
+ * stamp). It returns 0 when the slot went to another flow first: the
+ * flow is over and its ACK must not pass. */
+static __always_inline int ct_establish(struct xlb_snat *s, __u64 cookie, __u64 now)
+{
+	s->last_seen = now;
+	__u64 o = __sync_val_compare_and_swap(&s->owner, cookie, cookie | XLB_OWNER_EST);
+
+	return o == cookie || o == (cookie | XLB_OWNER_EST);
 }
 
 /* ct_touch records state bits (atomically: both directions' CPUs write)
@@ -152,7 +182,7 @@ static __always_inline struct xlb_snat *flow_live(__u64 cookie, const struct xlb
 {
 	struct xlb_snat *s = snat_slot(cookie >> 32);
 
-	if (!s || s->owner != cookie || s->client_addr != k->saddr || s->client_port != k->sport ||
+	if (!s || owner_cookie(s->owner) != cookie || s->client_addr != k->saddr || s->client_port != k->sport ||
 	    svc_port(s->svc) != k->dport)
 		return 0;
 	return s;
@@ -183,15 +213,16 @@ static __always_inline struct xlb_flow *flow_insert(__u32 h, __u64 cookie, __u64
 
 		if (c != XLB_FLOW_EMPTY && c != XLB_FLOW_DELETED) {
 			struct xlb_snat *s = snat_slot(c >> 32);
+			__u64 o = s ? s->owner : 0;
 
-			if (s && s->owner == c) {
-				int why = ct_expired(s, now);
+			if (s && owner_cookie(o) == c) {
+				int why = ct_expired(s, o, now);
 
 				if (why < 0)
 					continue;
 				__u32 vsvc = s->svc;
 
-				if (__sync_val_compare_and_swap(&s->owner, c, 0) != c)
+				if (__sync_val_compare_and_swap(&s->owner, o, 0) != o)
 					continue;
 				count_expired(vsvc, why);
 			}
@@ -206,22 +237,23 @@ static __always_inline struct xlb_flow *flow_insert(__u32 h, __u64 cookie, __u64
 	return 0;
 }
 
-/* snat_take moves slot s from owner old to cookie with a compare-and-swap.
- * On success it deletes old's forward entry (so floods of half-open flows
- * do not fill the table), counts why, and fills s for the new flow. */
+/* snat_take moves slot s from owner word old to cookie with a
+ * compare-and-swap, XLB_OWNER_BUSY set while it deletes old's forward
+ * entry (so floods of half-open flows do not fill the table), counts why,
+ * and fills s for the new flow. It returns 0 when the swap fails. */
 static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie, int why,
 				     const struct xlb_flow_key *fk, __u32 svc, __u64 now)
 {
 	struct xlb_flow_key vk = flow_key_of(s);
 	__u32 vsvc = s->svc;
 
-	if (__sync_val_compare_and_swap(&s->owner, old, cookie) != old)
+	if (__sync_val_compare_and_swap(&s->owner, old, cookie | XLB_OWNER_BUSY) != old)
 		return 0;
 	if (old) {
 		struct xlb_flow *v = flow_find(&vk, flow_hash(&vk));
 
 		if (v)
-			flow_kill(v, old);
+			flow_kill(v, owner_cookie(old));
 		count_expired(vsvc, why);
 	}
 	s->state = 0;
@@ -231,7 +263,11 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
 	s->client_addr = fk->saddr;
 	s->client_port = fk->sport;
 	s->svc = svc;
-	return 1;
+	/* A swap (not a store) orders the writes above before it on any CPU;
+	 * it fails only for a program of a build before XLB_OWNER_BUSY,
+	 * during an upgrade. */
+	return __sync_val_compare_and_swap(&s->owner, cookie | XLB_OWNER_BUSY, cookie) ==
+	       (cookie | XLB_OWNER_BUSY);
 }
 
 /* snat_claim claims a (backend id, SNAT port) slot for a new flow: probing
@@ -239,8 +275,11 @@ static __always_inline int snat_take(struct xlb_snat *s, __u64 old, __u64 cookie
  * ones, or with pressure spread over the range (established flows are
  * claimed in runs: a run must not hide the free ports around it), it takes
  * the first free or expired one, else, with pressure, the oldest half-open
- * or closed one probed. The owner word is the slot index << 32 | rnd,
- * with XLB_CLAIM_PRESSURE set or cleared by how the slot was taken. It
+ * or closed one probed: half-open by its owner word, which the
+ * compare-and-swap that takes it expects (see XLB_OWNER_EST). The owner
+ * word is the slot index << 32 | rnd, with XLB_CLAIM_PRESSURE set or
+ * cleared by how the slot was taken; a slot that changes hands
+ * (XLB_OWNER_BUSY) is skipped. It
  * returns that cookie, or 0 when every probed port holds a live flow (with
  * pressure: a live established flow). */
 static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 now,
@@ -273,16 +312,17 @@ static __always_inline __u64 snat_claim(__u32 id, __u32 start, __u32 rnd, __u64 
 				return cookie;
 			continue;
 		}
-		int why = ct_expired(s, now);
+		if (owner & XLB_OWNER_BUSY)
+			continue;
+		int why = ct_expired(s, owner, now);
 
 		if (why >= 0) {
 			if (snat_take(s, owner, cookie, why, fk, svc, now))
 				return cookie;
 			continue;
 		}
-		__u32 st = s->state;
-
-		if (pressure && (!(st & XLB_CT_EST) || ct_closed(st)) && s->last_seen < victim_seen) {
+		if (pressure && (!ct_established(s, owner) || ct_closed(s->state)) &&
+		    s->last_seen < victim_seen) {
 			victim = idx;
 			victim_owner = owner;
 			victim_seen = s->last_seen;
@@ -316,10 +356,16 @@ __noinline __u64 snat_claim_new(__u32 who, __u64 start_rnd, __u64 stamp, __u32 c
 	return snat_claim(id, start_rnd >> 32, start_rnd, stamp, &fk, svc, 0);
 }
 
-/* snat_release frees slot s if cookie still owns it. */
+/* snat_release frees slot s if cookie still owns it, established or not
+ * (a second try when it became established meanwhile). */
 static __always_inline void snat_release(struct xlb_snat *s, __u64 cookie)
 {
-	__sync_val_compare_and_swap(&s->owner, cookie, 0);
+	for (int i = 0; i < 2; i++) {
+		__u64 o = s->owner;
+
+		if (owner_cookie(o) != cookie || __sync_val_compare_and_swap(&s->owner, o, 0) == o)
+			return;
+	}
 }
 
 /* mac_eq reports whether two MACs are equal. */

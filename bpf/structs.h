@@ -114,11 +114,35 @@ struct xlb_flow_key {
 /* xlb_ct_state are the bits of xlb_snat.state, set with atomic or. */
 enum xlb_ct_state : __u32 {
 	XLB_CT_SYNACK = 1,	/* the backend answered the SYN */
-	XLB_CT_EST = 2,		/* the client acknowledged the SYN-ACK */
+	XLB_CT_EST = 2,		/* the client acknowledged the SYN-ACK (set after XLB_OWNER_EST) */
 	XLB_CT_FIN_FWD = 4,	/* client sent FIN */
 	XLB_CT_FIN_REV = 8,	/* backend sent FIN */
 	XLB_CT_RST = 16,	/* either side sent RST */
 };
+
+/* xlb_snat_owner numbers the bits of xlb_snat.owner beside its flow's
+ * cookie (bit numbers: BTF from clang 14 holds 32-bit enum values). They
+ * are the top two, above any slot index (snat_map holds at most 2^24
+ * slots, 256 backend ids times 2^16 ports), so no cookie has them, not
+ * even one of a build before them (an upgrade keeps its flows). */
+enum xlb_snat_owner : __u64 {
+	/* The flow is established: set with a compare-and-swap of the owner
+	 * word by the client's ACK before it is forwarded. The pressure
+	 * round takes a half-open flow's slot with a compare-and-swap that
+	 * expects the word it judged, without this bit, so a flow that
+	 * becomes established meanwhile keeps its slot (its state bit
+	 * alone, in another word, could not make that compare fail). */
+	XLB_OWNER_EST_BIT = 62,
+	/* The slot changes hands: the claim that took it writes its other
+	 * words, then clears this. Nothing else swaps a word with this bit
+	 * or reads the other words as the owner's: a claim delayed between
+	 * its swap and its writes would otherwise write its client over the
+	 * next owner's, whose packets then find a stranger's slot. */
+	XLB_OWNER_BUSY_BIT = 63,
+};
+
+#define XLB_OWNER_EST (1ULL << XLB_OWNER_EST_BIT)
+#define XLB_OWNER_BUSY (1ULL << XLB_OWNER_BUSY_BIT)
 
 /* xlb_flow_cookie are the special values of xlb_flow.cookie. */
 enum xlb_flow_cookie : __u64 {
@@ -129,9 +153,9 @@ enum xlb_flow_cookie : __u64 {
 /* xlb_flow is a forward conntrack entry, in flow_map's open-addressed
  * table. cookie is also the owner word of the flow's snat_map slot, whose
  * index is its high 32 bits: an entry is the flow's only while the slot's
- * owner is cookie and the slot names the same client, which both
- * directions check. Claimed with a compare-and-swap on cookie, key
- * written last. */
+ * owner is cookie (give or take XLB_OWNER_EST) and the slot names the same
+ * client, which both directions check. Claimed with a compare-and-swap on
+ * cookie, key written last. */
 struct xlb_flow {
 	enum xlb_flow_cookie cookie;	/* XLB_FLOW_EMPTY, XLB_FLOW_DELETED, or slot << 32 | random */
 	struct xlb_flow_key key;	/* the client's tuple as received */
@@ -152,7 +176,7 @@ struct xlb_flow {
  * reverse direction of the flow that owns it and that flow's state. A SYN
  * claims a free or expired slot with a compare-and-swap on owner. */
 struct xlb_snat {
-	__u64 owner;		/* cookie of the owning flow; 0 = free */
+	enum xlb_snat_owner owner;	/* cookie of the owning flow, | XLB_OWNER_EST once established; 0 = free */
 	__u64 last_seen;	/* bpf_ktime_get_coarse_ns, refreshed every second and on state changes; a claim adds its cursor's seq (see xlb_snat_cursor) */
 	enum xlb_ct_state state;
 	__be32 client_addr;	/* the owning flow's client */

@@ -188,8 +188,16 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct eth_hdr *et
 		bits |= XLB_CT_RST;
 	if (flags & TCP_FIN)
 		bits |= XLB_CT_FIN_FWD;
-	if ((flags & (TCP_ACK | TCP_SYN)) == TCP_ACK && (st & XLB_CT_SYNACK))
+	if ((flags & (TCP_ACK | TCP_SYN)) == TCP_ACK && (st & XLB_CT_SYNACK)) {
 		bits |= XLB_CT_EST;
+		/* Established in the owner word first: from here no pressure
+		 * round can take the slot; if one took it already, the flow is
+		 * over and its ACK gets a RST. */
+		if (!(s->owner & XLB_OWNER_EST) && !ct_establish(s, cookie, now)) {
+			flow_kill(f, cookie);
+			return refuse(ctx, svc_slot(svc), XLB_DROP_FLOW_LOST, flags);
+		}
+	}
 	ct_touch(s, now, bits);
 
 	enum xlb_drop reason = XLB_DROP_NO_ROUTE;
@@ -295,14 +303,15 @@ static __always_inline int handle_reply(struct xdp_md *ctx, void *data_end, stru
 		return XDP_PASS;
 	__u64 owner = s->owner;
 
-	if (!owner)
+	/* Free, or changing hands (its old flow is over): not a flow's. */
+	if (!owner || (owner & XLB_OWNER_BUSY))
 		return XDP_PASS;
 
 	struct xlb_flow_key fk = flow_key_of(s);
 	struct xlb_flow *f = flow_find(&fk, flow_hash(&fk));
 	__u32 svc = s->svc;
 
-	if (!f || f->cookie != owner) {
+	if (!f || f->cookie != owner_cookie(owner)) {
 		/* The forward entry is gone: end the backend's side too. */
 		if (__sync_val_compare_and_swap(&s->owner, owner, 0) == owner)
 			count_expired(svc, XLB_EXPIRE_ORPHAN);

@@ -44,7 +44,7 @@ func (d *Datapath) FlowCounts() (FlowCounts, error) {
 	c := FlowCounts{Capacity: int(d.objs.FlowMap.MaxEntries()), Services: map[Service]FlowStates{}}
 	var perSvc, perID [maxBackendIDs]FlowStates
 	err := d.walkLive(func(f *xlbXlbFlow, s *xlbXlbSnat) {
-		est := s.State&xlbXlbCtStateXLB_CT_EST != 0
+		est := established(s)
 		closed := ctClosed(s.State)
 		perSvc[f.Svc].add(est, closed)
 		perID[f.Backend%maxBackendIDs].add(est, closed)
@@ -122,7 +122,7 @@ func (d *Datapath) walkLive(fn func(*xlbXlbFlow, *xlbXlbSnat)) error {
 			if err := d.snatSlot(slotOf(f.Cookie), &s); err != nil {
 				return err
 			}
-			if s.Owner != uint64(f.Cookie) || s.ClientAddr != f.Key.Saddr || s.ClientPort != f.Key.Sport {
+			if !owns(&s, f) {
 				continue
 			}
 			fn(f, &s)

@@ -100,3 +100,41 @@ func (d *Datapath) FreedUnderFlows() (int, error) {
 	}
 	return n, nil
 }
+
+// SNATSlot describes backend b's SNAT slot of port: its owner word, the
+// client it names and its state bits.
+func (d *Datapath) SNATSlot(b netip.AddrPort, port uint16) (string, error) {
+	d.mu.Lock()
+	id, ok := d.ids[b]
+	d.mu.Unlock()
+	if !ok {
+		return "", ErrUnknownBackend
+	}
+	r := uint32(d.cfg.SNATPorts.Max) - uint32(d.cfg.SNATPorts.Min) + 1
+	var s xlbXlbSnat
+	if err := d.snatSlot(id*r+uint32(port-d.cfg.SNATPorts.Min), &s); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("owner %#x client %v state %#x", uint64(s.Owner),
+		netip.AddrPortFrom(addrOf(s.ClientAddr), portOf(s.ClientPort)), uint32(s.State)), nil
+}
+
+// AsOlderBuild clears the owner word bits of the flow from c to v, as a
+// build before them left its slot (its state bits stay), and returns
+// whether the word had XLB_OWNER_EST.
+func (d *Datapath) AsOlderBuild(c, v netip.AddrPort) (bool, error) {
+	e, err := d.findEntry(c, v)
+	if err != nil {
+		return false, err
+	}
+	had := e.snat.Owner&ownerEst != 0
+	e.snat.Owner = xlbXlbSnatOwner(e.flow.Cookie)
+	return had, d.objs.SnatMap.Put(slotOf(e.flow.Cookie), &e.snat)
+}
+
+// OwnerEstablished reports whether the owner word of the flow from c to v
+// has XLB_OWNER_EST.
+func (d *Datapath) OwnerEstablished(c, v netip.AddrPort) (bool, error) {
+	e, err := d.findEntry(c, v)
+	return e.snat.Owner&ownerEst != 0, err
+}

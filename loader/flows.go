@@ -144,7 +144,42 @@ func (d *Datapath) releaseSlot(i uint32, cookie xlbXlbFlowCookie) (bool, error) 
 		return false, fmt.Errorf("freeing snat slot %d: out of snat_map (%d %d-byte slots)", i, d.objs.SnatMap.MaxEntries(), d.objs.SnatMap.ValueSize())
 	}
 	s := (*xlbXlbSnat)(unsafe.Pointer(&b[int(i)*size]))
-	return atomic.CompareAndSwapUint64(&s.Owner, uint64(cookie), 0), nil
+	owner := (*uint64)(unsafe.Pointer(&s.Owner))
+	// Twice: XDP may mark the flow established between the load and the
+	// swap (it sets XLB_OWNER_EST once).
+	for range 2 {
+		o := atomic.LoadUint64(owner)
+		if ownerCookie(xlbXlbSnatOwner(o)) != cookie {
+			return false, nil
+		}
+		if atomic.CompareAndSwapUint64(owner, o, 0) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// ownerEst is XLB_OWNER_EST, the bit of an established flow's owner word.
+const ownerEst = xlbXlbSnatOwner(1) << xlbXlbSnatOwnerXLB_OWNER_EST_BIT
+
+// ownerCookie returns the cookie of the flow that owner word names (an
+// established flow's has XLB_OWNER_EST beside it; a slot changing hands
+// has XLB_OWNER_BUSY, and names no flow).
+func ownerCookie(o xlbXlbSnatOwner) xlbXlbFlowCookie {
+	return xlbXlbFlowCookie(o &^ ownerEst)
+}
+
+// owns reports whether slot s is the live slot of forward entry f: its
+// owner names f's cookie and it names f's client.
+func owns(s *xlbXlbSnat, f *xlbXlbFlow) bool {
+	return ownerCookie(s.Owner) == f.Cookie && s.ClientAddr == f.Key.Saddr && s.ClientPort == f.Key.Sport
+}
+
+// established reports whether slot s's flow is established: by its owner
+// word's bit, or by its state bit alone (a flow of a build before the
+// owner's bit).
+func established(s *xlbXlbSnat) bool {
+	return s.Owner&ownerEst != 0 || s.State&xlbXlbCtStateXLB_CT_EST != 0
 }
 
 // deleteFlow marks entry idx deleted if it still holds cookie (a
@@ -192,7 +227,7 @@ func (d *Datapath) entriesWhere(match func(*xlbXlbFlow) bool) ([]flowEntry, erro
 		if err := d.snatSlot(slotOf(f.Cookie), &s); err != nil {
 			return nil, err
 		}
-		if s.Owner != uint64(f.Cookie) || s.ClientAddr != f.Key.Saddr || s.ClientPort != f.Key.Sport {
+		if !owns(&s, f) {
 			continue
 		}
 		out = append(out, flowEntry{uint32(i), *f, s})
@@ -241,7 +276,7 @@ func (d *Datapath) flowOf(e *flowEntry, byID map[uint32]netip.AddrPort, now uint
 		Service:     Service(e.flow.Svc),
 		Backend:     byID[e.flow.Backend],
 		SNAT:        netip.AddrPortFrom(d.cfg.SNATAddr, portOf(e.flow.SnatPort)),
-		Established: st&xlbXlbCtStateXLB_CT_EST != 0,
+		Established: established(&e.snat),
 		Closed:      ctClosed(st),
 	}
 	if now > e.snat.LastSeen {

@@ -153,7 +153,7 @@ const (
 
 type xlbXlbSnat struct {
 	_          structs.HostLayout
-	Owner      uint64
+	Owner      xlbXlbSnatOwner
 	LastSeen   uint64
 	State      xlbXlbCtState
 	ClientAddr uint32
@@ -169,6 +169,13 @@ type xlbXlbSnatCursor struct {
 	Rng       uint32
 	Pressured uint32
 }
+
+type xlbXlbSnatOwner uint64
+
+const (
+	xlbXlbSnatOwnerXLB_OWNER_EST_BIT  xlbXlbSnatOwner = 62
+	xlbXlbSnatOwnerXLB_OWNER_BUSY_BIT xlbXlbSnatOwner = 63
+)
 
 type xlbXlbStatsSlot uint32
 
