@@ -85,7 +85,8 @@ fi
 
 echo "lab-deps ($*): installing$missing"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
+# XLB_APT_UPDATED=1: the caller (.ci/run) has just run apt-get update.
+[ "${XLB_APT_UPDATED:-}" = 1 ] || apt-get update -q
 case " $missing " in
 *" postgresql-15 "*)
 	apt-get install -y -q --no-install-recommends postgresql-common
