@@ -189,22 +189,7 @@ func BenchmarkFlowsWalk(b *testing.B) {
 // million flows need many backends (or more SNAT addresses).
 func BenchmarkDatapathMillionFlows(b *testing.B) {
 	const fill = 1 << 20
-	ports := loader.PortRange{Min: 20000, Max: 20000 + 32767}
-	fx := newFixtureWith(b, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true,
-		MaxFlows: 1 << 21, HalfOpenTimeout: time.Hour})
-	// 63 backends on a second on-link subnet, with permanent neighbours.
-	script := "ip addr add 172.20.1.254/24 dev lb0 && for i in $(seq 1 63); do " +
-		"ip neigh replace 172.20.1.$i lladdr 02:00:00:01:00:$(printf %02x $i) dev lb0 nud permanent || exit 1; done"
-	if err := fx.ns.Run("sh", "-c", script); err != nil {
-		b.Fatal(err)
-	}
-	var backends []netip.AddrPort
-	for i := 1; i <= 63; i++ {
-		backends = append(backends, ap(netip.AddrFrom4([4]byte{172, 20, 1, byte(i)}), 5432))
-	}
-	if err := fx.dp.SetBackends(loader.RW, backends); err != nil {
-		b.Fatal(err)
-	}
+	fx, backends := millionFixture(b, 1<<21)
 	h, err := loader.NewBenchHarness()
 	if err != nil {
 		b.Fatal(err)
@@ -340,4 +325,29 @@ func BenchmarkDatapathMillionFlows(b *testing.B) {
 	b.ReportMetric(float64(flowBytes+snatBytes)/float64(u.Flows), "map-B/flow")
 	b.Logf("%d flows (filled in %v), %d cut with one backend; flow_map %d MiB + snat_map %d MiB",
 		u.Flows, fillTook.Round(time.Millisecond), len(cut), flowBytes>>20, snatBytes>>20)
+}
+
+// millionFixture returns a fixture for a million flows: a flow table of
+// maxFlows entries, 32768 SNAT ports, half-open flows kept an hour, and 63
+// backends in the rw pool on a second on-link subnet with permanent
+// neighbours (one SNAT address gives each backend at most the range's
+// ports).
+func millionFixture(b *testing.B, maxFlows uint32) (*fixture, []netip.AddrPort) {
+	b.Helper()
+	ports := loader.PortRange{Min: 20000, Max: 20000 + 32767}
+	fx := newFixtureWith(b, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true,
+		MaxFlows: maxFlows, HalfOpenTimeout: time.Hour})
+	script := "ip addr add 172.20.1.254/24 dev lb0 && for i in $(seq 1 63); do " +
+		"ip neigh replace 172.20.1.$i lladdr 02:00:00:01:00:$(printf %02x $i) dev lb0 nud permanent || exit 1; done"
+	if err := fx.ns.Run("sh", "-c", script); err != nil {
+		b.Fatal(err)
+	}
+	var backends []netip.AddrPort
+	for i := 1; i <= 63; i++ {
+		backends = append(backends, ap(netip.AddrFrom4([4]byte{172, 20, 1, byte(i)}), 5432))
+	}
+	if err := fx.dp.SetBackends(loader.RW, backends); err != nil {
+		b.Fatal(err)
+	}
+	return fx, backends
 }

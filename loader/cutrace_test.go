@@ -38,19 +38,7 @@ func onCPU(f *fixture, cpu int, run func() error) error {
 // a whole-slot write, as the loader once did, fails this within a few
 // rounds.
 func TestCutRacesNewFlows(t *testing.T) {
-	var cpus unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
-		t.Fatal(err)
-	}
-	if cpus.Count() < 2 {
-		t.Skipf("needs two CPUs, has %d", cpus.Count())
-	}
-	var onCPUs []int
-	for c := 0; len(onCPUs) < 2; c++ {
-		if cpus.IsSet(c) {
-			onCPUs = append(onCPUs, c)
-		}
-	}
+	onCPUs := twoCPUs(t)
 	ports := loader.PortRange{Min: 20000, Max: 20063}
 	f := newFixtureWith(t, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true})
 	if err := f.dp.SetBackends(loader.RW, []netip.AddrPort{ap(pg1, 5432)}); err != nil {
@@ -125,4 +113,24 @@ func TestCutRacesNewFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d flows cut, %d new flows, ports taken back %v", cut, st.Total.NewFlows, st.Total.Expired)
+}
+
+// twoCPUs returns the first two CPUs this process may run on; it skips t
+// on a machine with fewer.
+func twoCPUs(t *testing.T) []int {
+	t.Helper()
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
+		t.Fatal(err)
+	}
+	if cpus.Count() < 2 {
+		t.Skipf("needs two CPUs, has %d", cpus.Count())
+	}
+	var onCPUs []int
+	for c := 0; len(onCPUs) < 2; c++ {
+		if cpus.IsSet(c) {
+			onCPUs = append(onCPUs, c)
+		}
+	}
+	return onCPUs
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/xlb-dev/xlb/loader"
 )
@@ -29,19 +28,7 @@ import (
 // lost theirs to a claim delayed between its swap and its writes of the
 // slot's client, which landed on the next owner's (XLB_OWNER_BUSY).
 func TestHandshakesRacePressure(t *testing.T) {
-	var cpus unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
-		t.Fatal(err)
-	}
-	if cpus.Count() < 2 {
-		t.Skipf("needs two CPUs, has %d", cpus.Count())
-	}
-	var onCPUs []int
-	for c := 0; len(onCPUs) < 2; c++ {
-		if cpus.IsSet(c) {
-			onCPUs = append(onCPUs, c)
-		}
-	}
+	onCPUs := twoCPUs(t)
 	ports := loader.PortRange{Min: 20000, Max: 20015}
 	f := newFixtureWith(t, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true})
 	backend := ap(pg1, 5432)

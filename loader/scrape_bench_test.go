@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -43,21 +42,7 @@ func BenchmarkScrapeMillionFlows(b *testing.B) {
 		scrapers = 50
 		rounds   = 5 // per b.N
 	)
-	ports := loader.PortRange{Min: 20000, Max: 20000 + 32767}
-	fx := newFixtureWith(b, loader.Config{VIP: vip, SNATAddr: lbAddr, SNATPorts: ports, SkipPortCheck: true,
-		MaxFlows: 1 << 22, HalfOpenTimeout: time.Hour})
-	script := "ip addr add 172.20.1.254/24 dev lb0 && for i in $(seq 1 63); do " +
-		"ip neigh replace 172.20.1.$i lladdr 02:00:00:01:00:$(printf %02x $i) dev lb0 nud permanent || exit 1; done"
-	if err := fx.ns.Run("sh", "-c", script); err != nil {
-		b.Fatal(err)
-	}
-	var backends []netip.AddrPort
-	for i := 1; i <= 63; i++ {
-		backends = append(backends, ap(netip.AddrFrom4([4]byte{172, 20, 1, byte(i)}), 5432))
-	}
-	if err := fx.dp.SetBackends(loader.RW, backends); err != nil {
-		b.Fatal(err)
-	}
+	fx, backends := millionFixture(b, 1<<22)
 	h, err := loader.NewBenchHarness()
 	if err != nil {
 		b.Fatal(err)

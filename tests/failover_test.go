@@ -220,26 +220,7 @@ func TestRestartedOldPrimaryStaysFenced(t *testing.T) {
 	}
 
 	// Fresh sessions, each asked where it landed, for 3 s.
-	since := time.Now()
-	sessions := map[netip.Addr]int{}
-	for seq := int64(1); time.Since(since) < 3*time.Second; seq++ {
-		c, err := r.Connect(ctx, lab.VIP, lab.PortRW)
-		if err != nil {
-			t.Fatalf("connecting through VIP:%d: %v", lab.PortRW, err)
-		}
-		var server string
-		err = c.QueryRow(ctx, "INSERT INTO "+lab.DrillTable+" (id, trial, client, ts) VALUES ($1, 2, 0, clock_timestamp()) RETURNING host(inet_server_addr())",
-			lab.WriterID(2, 0, seq)).Scan(&server)
-		c.Close(ctx)
-		if err != nil {
-			t.Fatalf("writing through VIP:%d: %v", lab.PortRW, err)
-		}
-		sessions[netip.MustParseAddr(server)]++
-	}
-	t.Logf("sessions through VIP:%d in 3 s: %v", lab.PortRW, sessions)
-	if sessions[oldAddr] != 0 || sessions[newAddr] == 0 {
-		t.Errorf("sessions through VIP:%d landed %v: want all on %s (%v), none on the fenced %s", lab.PortRW, sessions, newp, newAddr, old)
-	}
+	requireSessionsOn(ctx, t, r, 2, newp, newAddr, old, oldAddr)
 	bs, err := r.Backends(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -361,5 +342,33 @@ func TestCutBetweenLBAndPrimary(t *testing.T) {
 	}
 	if server, err := serverOf(ctx, conn); err != nil || server != pg1.String() {
 		t.Fatalf("write through VIP:%d after the cut landed on %q (%v), want pg1 %v", lab.PortRW, server, err, pg1)
+	}
+}
+
+// requireSessionsOn opens fresh sessions through VIP:3000 for 3 s, each
+// writing one row of trial and asking where it landed, and fails t unless
+// they all landed on newAddr (newName) and none on the fenced oldAddr
+// (oldName).
+func requireSessionsOn(ctx context.Context, t *testing.T, r *lab.Running, trial int, newName string, newAddr netip.Addr, oldName string, oldAddr netip.Addr) {
+	t.Helper()
+	since := time.Now()
+	sessions := map[netip.Addr]int{}
+	for seq := int64(1); time.Since(since) < 3*time.Second; seq++ {
+		c, err := r.Connect(ctx, lab.VIP, lab.PortRW)
+		if err != nil {
+			t.Fatalf("connecting through VIP:%d: %v", lab.PortRW, err)
+		}
+		var server string
+		err = c.QueryRow(ctx, "INSERT INTO "+lab.DrillTable+" (id, trial, client, ts) VALUES ($1, $2, 0, clock_timestamp()) RETURNING host(inet_server_addr())",
+			lab.WriterID(trial, 0, seq), trial).Scan(&server)
+		c.Close(ctx)
+		if err != nil {
+			t.Fatalf("writing through VIP:%d: %v", lab.PortRW, err)
+		}
+		sessions[netip.MustParseAddr(server)]++
+	}
+	t.Logf("sessions through VIP:%d in 3 s: %v", lab.PortRW, sessions)
+	if sessions[oldAddr] != 0 || sessions[newAddr] == 0 {
+		t.Errorf("sessions through VIP:%d landed %v: want all on %s (%v), none on the fenced %s", lab.PortRW, sessions, newName, newAddr, oldName)
 	}
 }

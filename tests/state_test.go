@@ -3,7 +3,6 @@ package tests
 import (
 	"context"
 	"encoding/json"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -118,26 +117,7 @@ func TestTornStateFileRestart(t *testing.T) {
 	}
 
 	// Fresh sessions, each asked where it landed, for 3 s.
-	since := time.Now()
-	sessions := map[netip.Addr]int{}
-	for seq := int64(1); time.Since(since) < 3*time.Second; seq++ {
-		c, err := r.Connect(ctx, lab.VIP, lab.PortRW)
-		if err != nil {
-			t.Fatalf("connecting through VIP:%d: %v", lab.PortRW, err)
-		}
-		var server string
-		err = c.QueryRow(ctx, "INSERT INTO "+lab.DrillTable+" (id, trial, client, ts) VALUES ($1, 3, 0, clock_timestamp()) RETURNING host(inet_server_addr())",
-			lab.WriterID(3, 0, seq)).Scan(&server)
-		c.Close(ctx)
-		if err != nil {
-			t.Fatalf("writing through VIP:%d: %v", lab.PortRW, err)
-		}
-		sessions[netip.MustParseAddr(server)]++
-	}
-	t.Logf("sessions through VIP:%d in 3 s: %v", lab.PortRW, sessions)
-	if sessions[oldAddr] != 0 || sessions[newAddr] == 0 {
-		t.Errorf("sessions through VIP:%d landed %v: want all on %s (%v), none on the fenced %s", lab.PortRW, sessions, newp, newAddr, old)
-	}
+	requireSessionsOn(ctx, t, r, 3, newp, newAddr, old, oldAddr)
 	// Still the same process: it neither exited nor was restarted.
 	if got, err := lab.DaemonPID(r.Prefix, r.LB); err != nil || got != pid {
 		t.Fatalf("daemon on %s: pid %d (%v), want %d still running", r.LB, got, err, pid)
