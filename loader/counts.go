@@ -43,7 +43,7 @@ const maxBackendIDs = 256
 func (d *Datapath) FlowCounts() (FlowCounts, error) {
 	c := FlowCounts{Capacity: int(d.objs.FlowMap.MaxEntries()), Services: map[Service]FlowStates{}}
 	var perSvc, perID [maxBackendIDs]FlowStates
-	err := d.walkLive(func(f *xlbXlbFlow, s *xlbXlbSnat) {
+	err := d.walkLive(nil, func(_ uint32, f *xlbXlbFlow, s *xlbXlbSnat) {
 		est := established(s)
 		closed := ctClosed(s.State)
 		perSvc[f.Svc].add(est, closed)
@@ -89,11 +89,13 @@ func (s FlowStates) plus(o FlowStates) FlowStates {
 // walkChunk is how many forward entries walkLive copies at a time (3 KiB).
 const walkChunk = 64
 
-// walkLive calls fn with a copy of every live forward entry and of its
-// SNAT slot, read through the maps' memory mappings a few entries at a
-// time (no copy of the table; the mapping is the one the cuts read). An
-// entry whose slot went to another flow is dead and skipped.
-func (d *Datapath) walkLive(fn func(*xlbXlbFlow, *xlbXlbSnat)) error {
+// walkLive calls fn with the index and a copy of every live forward entry
+// that match picks (nil: all) and of its SNAT slot, read through the
+// maps' memory mappings a few entries at a time (no copy of the table).
+// match sees the entry before its slot is read, so a walk that picks few
+// reads only their slots. An entry whose slot went to another flow is
+// dead and skipped.
+func (d *Datapath) walkLive(match func(*xlbXlbFlow) bool, fn func(uint32, *xlbXlbFlow, *xlbXlbSnat)) error {
 	mem, err := d.flowMemory()
 	if err != nil {
 		return err
@@ -116,7 +118,8 @@ func (d *Datapath) walkLive(fn func(*xlbXlbFlow, *xlbXlbSnat)) error {
 		}
 		for i := range m {
 			f := &chunk[i]
-			if f.Cookie == xlbXlbFlowCookieXLB_FLOW_EMPTY || f.Cookie == xlbXlbFlowCookieXLB_FLOW_DELETED {
+			if f.Cookie == xlbXlbFlowCookieXLB_FLOW_EMPTY || f.Cookie == xlbXlbFlowCookieXLB_FLOW_DELETED ||
+				match != nil && !match(f) {
 				continue
 			}
 			if err := d.snatSlot(slotOf(f.Cookie), &s); err != nil {
@@ -125,7 +128,7 @@ func (d *Datapath) walkLive(fn func(*xlbXlbFlow, *xlbXlbSnat)) error {
 			if !owns(&s, f) {
 				continue
 			}
-			fn(f, &s)
+			fn(uint32(first+i), f, &s)
 		}
 	}
 	return nil

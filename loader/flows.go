@@ -210,27 +210,12 @@ func (d *Datapath) entries() ([]flowEntry, error) { return d.entriesWhere(nil) }
 // entriesWhere is entries restricted to the entries match picks (nil: all);
 // match sees the forward entry before its slot is read.
 func (d *Datapath) entriesWhere(match func(*xlbXlbFlow) bool) ([]flowEntry, error) {
-	tab, err := d.table()
-	if err != nil {
-		return nil, err
-	}
 	var out []flowEntry
-	for i := range tab {
-		f := &tab[i]
-		if f.Cookie == xlbXlbFlowCookieXLB_FLOW_EMPTY || f.Cookie == xlbXlbFlowCookieXLB_FLOW_DELETED {
-			continue
-		}
-		if match != nil && !match(f) {
-			continue
-		}
-		var s xlbXlbSnat
-		if err := d.snatSlot(slotOf(f.Cookie), &s); err != nil {
-			return nil, err
-		}
-		if !owns(&s, f) {
-			continue
-		}
-		out = append(out, flowEntry{uint32(i), *f, s})
+	err := d.walkLive(match, func(idx uint32, f *xlbXlbFlow, s *xlbXlbSnat) {
+		out = append(out, flowEntry{idx, *f, *s})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading flows: %w", err)
 	}
 	return out, nil
 }

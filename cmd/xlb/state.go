@@ -96,10 +96,7 @@ func saveState(path string, d control.Durable) error {
 		os.Remove(tmp)
 		return fmt.Errorf("renaming state into place: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
-		return err
-	}
-	return nil
+	return syncDir(dir)
 }
 
 // syncDir fsyncs the directory dir, so that a rename in it is durable.
